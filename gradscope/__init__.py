@@ -1,0 +1,20 @@
+"""gradscope: see, step by step, how gradients flow back through RNN, GRU and LSTM layers."""
+
+from gradscope.layers import GRU, LSTM, RNN
+from gradscope.recording import Recorder, instrument, record
+from gradscope.trace import LayerSummary, LayerTrace, Trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "LayerSummary",
+    "LayerTrace",
+    "Recorder",
+    "Trace",
+    "__version__",
+    "instrument",
+    "record",
+]

@@ -1,0 +1,389 @@
+"""RNN, GRU and LSTM layers: drop-in replacements for torch.nn's, unrolled over time so they can be recorded.
+
+Each class subclasses its torch.nn counterpart, so constructor arguments, parameter names and shapes
+(``weight_ih_l{k}[_reverse]``, ...), initialisation, ``state_dict`` and the forward signature are
+torch's own; only ``forward`` is replaced by a loop over :mod:`gradscope.cells`. They add what torch
+cannot do: ``RNN`` as torch, ``GRU(reset="before")`` and ``LSTM(cell_activation=, hidden_activation=)``.
+
+Shapes: ``B`` batch, ``T`` steps, ``D`` input features, ``M`` hidden units, ``L`` layers,
+``K`` directions (1 or 2).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from gradscope.cells import GATE_NAMES, activation, gru_cell, input_projection, lstm_cell, rnn_cell
+from gradscope.trace import ACTIVATION_RANGES
+
+__all__ = ["GRU", "LSTM", "RNN", "RecurrentLayer"]
+
+_DIRECTIONS = ("forward", "backward")
+State = tuple[Tensor, Tensor | None]
+
+
+class RecurrentLayer:
+    """What the three gradscope layers share: the unrolled forward pass and the recording hook-in.
+
+    Not used on its own; ``isinstance(m, RecurrentLayer)`` tells a gradscope layer.
+    """
+
+    cell: ClassVar[str]
+    _torch_class: ClassVar[type[nn.RNNBase]]
+    _gradscope_sink: Any = None  # set on the instance by gradscope.record while recording
+
+    # Attributes provided by torch.nn.RNNBase.
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bias: bool
+    batch_first: bool
+    dropout: float
+    bidirectional: bool
+    training: bool
+
+    def _step(
+        self,
+        gi: Tensor,
+        h: Tensor,
+        c: Tensor | None,
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        c_probe: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
+        """One step of the cell; ``c_probe`` (LSTM) is added to c_t before h_t is computed from it."""
+        raise NotImplementedError
+
+    def gate_ranges(self) -> dict[str, tuple[float, float] | None]:
+        """The value range of each gate (for saturation statistics); None where unbounded."""
+        raise NotImplementedError
+
+    @classmethod
+    def _options(cls, module: nn.Module) -> dict[str, Any]:
+        """Constructor arguments beyond torch.nn.RNNBase's, read from ``module``."""
+        return {}
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNBase) -> Any:
+        """A layer of this class that shares ``module``'s Parameter objects (no copy).
+
+        Training either one trains both. ``module`` may be a torch.nn or a gradscope layer of the
+        same kind; its train/eval mode is copied.
+        """
+        if not isinstance(module, cls._torch_class):
+            raise TypeError(
+                f"{cls.__name__}.from_torch expects a torch.nn.{cls._torch_class.__name__}, "
+                f"got: {type(module).__name__}"
+            )
+        if module.proj_size:
+            raise ValueError(
+                f"proj_size={module.proj_size} is not supported by gradscope; use proj_size=0 followed "
+                "by an nn.Linear on the outputs"
+            )
+        with warnings.catch_warnings():  # torch already warned about dropout on one layer, if it applies
+            warnings.simplefilter("ignore", UserWarning)
+            layer = cls(  # type: ignore[call-arg]
+                module.input_size,
+                module.hidden_size,
+                num_layers=module.num_layers,
+                bias=module.bias,
+                batch_first=module.batch_first,
+                dropout=module.dropout,
+                bidirectional=module.bidirectional,
+                device="meta",
+                dtype=module.weight_ih_l0.dtype,
+                **cls._options(module),
+            )
+        for name in module._flat_weights_names:
+            setattr(layer, name, getattr(module, name))
+        layer.train(module.training)
+        return layer
+
+    def _weights(self, layer: int, direction: str) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        suffix = f"l{layer}" + ("_reverse" if direction == "backward" else "")
+        w_ih, w_hh = getattr(self, "weight_ih_" + suffix), getattr(self, "weight_hh_" + suffix)
+        if not self.bias:
+            return w_ih, w_hh, None, None
+        return w_ih, w_hh, getattr(self, "bias_ih_" + suffix), getattr(self, "bias_hh_" + suffix)
+
+    def _check_input(self, input: Any) -> tuple[Tensor, bool]:
+        """Validate ``input`` and return it time-major ``[T, B, D]`` with whether it was batched."""
+        if isinstance(input, PackedSequence):
+            raise TypeError(
+                "PackedSequence input is not supported by gradscope layers: unpack it with "
+                "torch.nn.utils.rnn.pad_packed_sequence and pass the padded tensor (padding steps are "
+                "then computed and recorded too; mask them in the loss)"
+            )
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor, got: {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(
+                "input must have 3 dimensions ([B, T, D] with batch_first, else [T, B, D]) or 2 "
+                f"(unbatched [T, D]), got {input.dim()} with shape {tuple(input.shape)}"
+            )
+        if not input.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+        weight_dtype = self.weight_ih_l0.dtype  # type: ignore[attr-defined]
+        if input.dtype != weight_dtype:
+            raise ValueError(
+                f"input dtype {input.dtype} does not match the layer's parameters ({weight_dtype}): "
+                f"convert the input with .to({weight_dtype}) or the layer with .to({input.dtype})"
+            )
+        if input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"input.shape[-1] must equal input_size={self.input_size}, got {input.shape[-1]} "
+                f"(input shape {tuple(input.shape)})"
+            )
+        batched = input.dim() == 3
+        x = input.transpose(0, 1) if batched and self.batch_first else input
+        if not batched:
+            x = x.unsqueeze(1)
+        if x.shape[0] == 0:
+            raise ValueError(f"input must have at least one time step, got shape {tuple(input.shape)}")
+        return x, batched
+
+    def _check_state(self, state: Any, what: str, x: Tensor, batched: bool) -> Tensor:
+        count = self.num_layers * (2 if self.bidirectional else 1)
+        expected = (count, x.shape[1], self.hidden_size) if batched else (count, self.hidden_size)
+        if not isinstance(state, Tensor):
+            raise TypeError(f"{what} must be a Tensor, got: {type(state).__name__}")
+        if tuple(state.shape) != expected:
+            layout = "[L*K, B, M]" if batched else "[L*K, M] for unbatched input"
+            raise ValueError(f"{what} must have shape {expected} ({layout}), got {tuple(state.shape)}")
+        if state.dtype != x.dtype:
+            raise ValueError(f"{what} must have dtype {x.dtype} like the input, got {state.dtype}")
+        return state if batched else state.unsqueeze(1)
+
+    def _initial_state(self, hx: Any, x: Tensor, batched: bool) -> State:
+        count = self.num_layers * (2 if self.bidirectional else 1)
+        lstm = self.cell == "lstm"
+        if hx is None:
+            zeros = x.new_zeros(count, x.shape[1], self.hidden_size)
+            return zeros, (zeros if lstm else None)
+        if lstm:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError(f"LSTM hx must be a tuple (h_0, c_0), got: {type(hx).__name__}")
+            return (
+                self._check_state(hx[0], "h_0", x, batched),
+                self._check_state(hx[1], "c_0", x, batched),
+            )
+        return self._check_state(hx, "hx", x, batched), None
+
+    def _run_direction(
+        self, x: Tensor, layer: int, direction: str, h: Tensor, c: Tensor | None, record: Any
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One layer in one direction over the whole sequence: ``[T, B, D]`` → ``[T, B, M]``."""
+        w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
+        steps, batch, width = x.shape[0], x.shape[1], self.hidden_size
+        probe_x = probe_h = probe_c = None
+        if record is not None:
+            probe_x = record.probe("x", x.shape, x)
+            x = x if probe_x is None else x + probe_x
+            probe_h = record.probe("h", (steps, batch, width), x)
+            probe_c = record.probe("c", (steps, batch, width), x) if c is not None else None
+        # unbind once: slicing a tensor that requires grad step by step costs O(T^2) in backward
+        gi = input_projection(x, w_ih, b_ih).unbind(0)
+        ph = probe_h.unbind(0) if probe_h is not None else None
+        pc = probe_c.unbind(0) if probe_c is not None else None
+        hs: list[Tensor] = [x] * steps  # placeholders, every index is overwritten
+        cs: list[Tensor | None] = [None] * steps
+        gates: list[tuple[Tensor, ...]] = [()] * steps
+        order = range(steps) if direction == "forward" else range(steps - 1, -1, -1)
+        for t in order:
+            h, c, g = self._step(gi[t], h, c, w_hh, b_hh, pc[t] if pc is not None else None)
+            if ph is not None:
+                h = h + ph[t]
+            hs[t] = h
+            if record is not None:
+                cs[t], gates[t] = c, g
+        out = torch.stack(hs)
+        if record is not None:
+            with torch.no_grad():
+                c_all = torch.stack(cs) if c is not None else None  # type: ignore[arg-type]
+                names = GATE_NAMES[self.cell]
+                gate_values = {name: torch.stack([g[j] for g in gates]) for j, name in enumerate(names)}
+            record.store(x, out, c_all, gate_values)
+        return out, h, c
+
+    def forward(self, input: Tensor, hx: Any = None) -> tuple[Tensor, Any]:
+        """Same inputs and outputs as the torch.nn module.
+
+        Args:
+            input: ``[B, T, D]`` if batch_first else ``[T, B, D]``; or unbatched ``[T, D]``.
+            hx: initial state ``[L*K, B, M]`` (``[L*K, M]`` unbatched); for the LSTM a tuple
+                ``(h_0, c_0)``. Zeros when None.
+
+        Returns:
+            ``(output, h_n)``, or ``(output, (h_n, c_n))`` for the LSTM: output ``[B, T, K*M]`` if
+            batch_first else ``[T, B, K*M]`` (``[T, K*M]`` unbatched), final states like ``hx``.
+        """
+        x, batched = self._check_input(input)
+        h0, c0 = self._initial_state(hx, x, batched)
+        sink = self._gradscope_sink
+        new_record = sink(self) if sink is not None else None
+        directions = _DIRECTIONS[: 2 if self.bidirectional else 1]
+        h_n: list[Tensor] = []
+        c_n: list[Tensor | None] = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for d, direction in enumerate(directions):
+                i = layer * len(directions) + d
+                record = new_record(layer, direction) if new_record is not None else None
+                c_init = c0[i] if c0 is not None else None
+                out, h_last, c_last = self._run_direction(x, layer, direction, h0[i], c_init, record)
+                outputs.append(out)
+                h_n.append(h_last)
+                c_n.append(c_last)
+            x = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        h_final = torch.stack(h_n)
+        if batched and self.batch_first:
+            x = x.transpose(0, 1)
+        if not batched:
+            x, h_final = x.squeeze(1), h_final.squeeze(1)
+        if self.cell != "lstm":
+            return x, h_final
+        c_final = torch.stack(c_n)  # type: ignore[arg-type]
+        return x, (h_final, c_final if batched else c_final.squeeze(1))
+
+
+class RNN(RecurrentLayer, nn.RNN):
+    r"""Elman RNN, a drop-in for :class:`torch.nn.RNN` that can be recorded.
+
+    .. math::
+        h_t = \phi(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}), \quad \phi = \tanh \text{ or relu}
+
+    Same arguments as torch.nn.RNN: ``RNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh",
+    bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None)``.
+    """
+
+    cell = "rnn"
+    _torch_class = nn.RNN
+    nonlinearity: str
+
+    @classmethod
+    def _options(cls, module: nn.Module) -> dict[str, Any]:
+        return {"nonlinearity": module.nonlinearity}
+
+    def gate_ranges(self) -> dict[str, tuple[float, float] | None]:
+        return {}
+
+    def _step(self, gi, h, c, w_hh, b_hh, c_probe):  # type: ignore[no-untyped-def]
+        return rnn_cell(gi, h, w_hh, b_hh, self.nonlinearity), None, ()
+
+
+class GRU(RecurrentLayer, nn.GRU):
+    r"""GRU, a drop-in for :class:`torch.nn.GRU` that can be recorded, with the reset gate after or before.
+
+    .. math::
+        r_t &= \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
+        z_t &= \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+        n_t &= \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn}))
+            \quad \text{reset="after": torch, cuDNN, Keras reset\_after=True} \\
+        n_t &= \tanh(W_{in} x_t + b_{in} + W_{hn} (r_t \odot h_{t-1}) + b_{hn})
+            \quad \text{reset="before": Cho et al. 2014, the seed notes, Keras reset\_after=False} \\
+        h_t &= (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+
+    Both variants have the same parameters (torch's layout, gate blocks r, z, n). Note that the seed
+    notes write the update the other way round, :math:`h_t = (1 - z_t) \odot h_{t-1} + z_t \odot
+    \tilde h_t`: the seed's :math:`z` is torch's :math:`1 - z`. Here, as in torch, :math:`z_t` is the
+    fraction of the old state kept.
+
+    Arguments: those of torch.nn.GRU, plus the keyword ``reset="after" | "before"``.
+    """
+
+    cell = "gru"
+    _torch_class = nn.GRU
+    reset = "after"
+
+    def __init__(self, *args: Any, reset: str = "after", **kwargs: Any) -> None:
+        if reset not in ("after", "before"):
+            raise ValueError(f"reset must be 'after' or 'before', got: {reset!r}")
+        super().__init__(*args, **kwargs)
+        self.reset = reset
+
+    @classmethod
+    def _options(cls, module: nn.Module) -> dict[str, Any]:
+        return {"reset": getattr(module, "reset", "after")}
+
+    def gate_ranges(self) -> dict[str, tuple[float, float] | None]:
+        return {"reset": (0.0, 1.0), "update": (0.0, 1.0), "candidate": (-1.0, 1.0)}
+
+    def _step(self, gi, h, c, w_hh, b_hh, c_probe):  # type: ignore[no-untyped-def]
+        h_new, gates = gru_cell(gi, h, w_hh, b_hh, self.reset)
+        return h_new, None, gates
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.reset == "after" else f"{s}, reset={self.reset!r}"
+
+
+class LSTM(RecurrentLayer, nn.LSTM):
+    r"""LSTM, a drop-in for :class:`torch.nn.LSTM` that can be recorded, with the seed's two activations.
+
+    .. math::
+        i_t &= \sigma(W_{ii} x_t + b_{ii} + W_{hi} h_{t-1} + b_{hi}) \\
+        f_t &= \sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf}) \\
+        g_t &= f_c(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg}) \\
+        o_t &= \sigma(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho}) \\
+        c_t &= f_t \odot c_{t-1} + i_t \odot g_t \\
+        h_t &= o_t \odot f_h(c_t)
+
+    Arguments: those of torch.nn.LSTM, plus the keywords ``cell_activation`` (:math:`f_c`) and
+    ``hidden_activation`` (:math:`f_h`), each one of ``tanh, sigmoid, relu, identity, softsign,
+    hardtanh``, chosen independently (Keras cannot). ``tanh``/``tanh`` is torch's LSTM. ``proj_size``
+    must be 0: put an ``nn.Linear`` after the layer instead.
+    """
+
+    cell = "lstm"
+    _torch_class = nn.LSTM
+    cell_activation = "tanh"
+    hidden_activation = "tanh"
+
+    def __init__(
+        self,
+        *args: Any,
+        cell_activation: str = "tanh",
+        hidden_activation: str = "tanh",
+        **kwargs: Any,
+    ) -> None:
+        activation(cell_activation, what="cell_activation")
+        activation(hidden_activation, what="hidden_activation")
+        proj_size = kwargs.get("proj_size", args[7] if len(args) > 7 else 0)
+        if proj_size:
+            raise ValueError(
+                f"proj_size={proj_size} is not supported by gradscope; use proj_size=0 followed by an "
+                "nn.Linear on the outputs"
+            )
+        super().__init__(*args, **kwargs)
+        self.cell_activation = cell_activation
+        self.hidden_activation = hidden_activation
+
+    @classmethod
+    def _options(cls, module: nn.Module) -> dict[str, Any]:
+        return {
+            "cell_activation": getattr(module, "cell_activation", "tanh"),
+            "hidden_activation": getattr(module, "hidden_activation", "tanh"),
+        }
+
+    def gate_ranges(self) -> dict[str, tuple[float, float] | None]:
+        sigmoid = (0.0, 1.0)
+        cell = ACTIVATION_RANGES[self.cell_activation]
+        return {"input": sigmoid, "forget": sigmoid, "cell": cell, "output": sigmoid}
+
+    def _step(self, gi, h, c, w_hh, b_hh, c_probe):  # type: ignore[no-untyped-def]
+        return lstm_cell(gi, h, c, w_hh, b_hh, self.cell_activation, self.hidden_activation, c_probe)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.cell_activation != "tanh" or self.hidden_activation != "tanh":
+            s += f", cell_activation={self.cell_activation!r}, hidden_activation={self.hidden_activation!r}"
+        return s
+

@@ -1,0 +1,272 @@
+"""What a recording holds: per-layer, per-direction traces of one forward/backward pass.
+
+A :class:`Trace` is one pass; it maps ``(module, layer, direction)`` to a :class:`LayerTrace` (every
+tensor, ``detail="full"``) or a :class:`LayerSummary` (per-step reductions over the batch,
+``detail="summary"``). Both turn into the same long-form DataFrame, whose columns are
+:data:`FRAME_COLUMNS`:
+
+``module, layer, direction, cell``
+    where the values come from (``module`` is the qualified name from ``named_modules()``, ``""`` for
+    the root; ``direction`` is ``"forward"`` or ``"backward"``; ``cell`` is ``"rnn"``, ``"gru"`` or ``"lstm"``).
+``quantity``, ``kind``
+    ``kind="norm"`` for ``x, h, c, grad_x, grad_h, grad_c``: statistics over the batch of the L2 norm
+    over features at step ``t``. ``kind="gate"`` for the gate names and ``keep``: statistics over
+    batch and units of the post-activation gate values.
+``t``
+    the step, in the original input order for both directions.
+``mean, q10, q50, q90``
+    batch mean and the 10 %, 50 %, 90 % quantiles (linear interpolation).
+``saturated``
+    gates only: the fraction of values in the outer tenth of the gate's range at either end (below
+    0.1 or above 0.9 for a sigmoid gate, the criterion of Karpathy et al. 2015); NaN for norms and
+    for unbounded activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+__all__ = ["FRAME_COLUMNS", "LayerSummary", "LayerTrace", "Trace"]
+
+FRAME_COLUMNS = (
+    "module", "layer", "direction", "cell", "quantity", "kind", "t",
+    "mean", "q10", "q50", "q90", "saturated",
+)  # fmt: skip
+NORM_QUANTITIES = ("x", "h", "c", "grad_x", "grad_h", "grad_c")
+_QUANTILES = (0.1, 0.5, 0.9)
+_SATURATION_BAND = 0.1
+
+# Range of each activation's output, for the saturation fraction; None where unbounded.
+ACTIVATION_RANGES: dict[str, tuple[float, float] | None] = {
+    "sigmoid": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
+    "softsign": (-1.0, 1.0),
+    "hardtanh": (-1.0, 1.0),
+    "relu": None,
+    "identity": None,
+}
+
+
+def _quantiles(values: Tensor) -> Tensor:
+    """Quantiles :data:`_QUANTILES` along dim 1 of ``[T, K]``, as torch.quantile's "linear" method.
+
+    Sorting avoids torch.quantile's limit on input size (2**24 elements).
+    """
+    ordered = values.sort(dim=1).values
+    pos = torch.tensor(_QUANTILES, dtype=torch.float64) * (values.shape[1] - 1)
+    lo, hi = pos.floor().long(), pos.ceil().long()
+    w = (pos - lo).to(values.dtype).to(values.device)
+    return ordered[:, lo] * (1 - w) + ordered[:, hi] * w
+
+
+def norm_stats(values: Tensor) -> Tensor:
+    """Per-step statistics of the L2 norm over features: ``[T, B, F]`` → ``[T, 5]``.
+
+    Columns: mean, q10, q50, q90 over the batch, and NaN (saturation is not defined for norms).
+    """
+    with torch.no_grad():
+        norms = torch.linalg.vector_norm(values, dim=-1)
+        nan = torch.full_like(norms[:, :1], float("nan"))
+        return torch.cat([norms.mean(1, keepdim=True), _quantiles(norms), nan], dim=1)
+
+
+def gate_stats(values: Tensor, value_range: tuple[float, float] | None) -> Tensor:
+    """Per-step statistics of gate values over batch and units: ``[T, B, M]`` → ``[T, 5]``.
+
+    Columns: mean, q10, q50, q90, and the saturated fraction (NaN when ``value_range`` is None).
+    """
+    with torch.no_grad():
+        flat = values.reshape(values.shape[0], -1)
+        if value_range is None:
+            saturated = torch.full_like(flat[:, :1], float("nan"))
+        else:
+            lo, hi = value_range
+            band = _SATURATION_BAND * (hi - lo)
+            outer = (flat < lo + band) | (flat > hi - band)
+            saturated = outer.to(flat.dtype).mean(1, keepdim=True)
+        return torch.cat([flat.mean(1, keepdim=True), _quantiles(flat), saturated], dim=1)
+
+
+def _stats_frame(
+    meta: dict[str, object], stats: dict[str, Tensor], gate_names: tuple[str, ...]
+) -> pd.DataFrame:
+    frames = []
+    for quantity, table in stats.items():
+        arr = table.detach().to("cpu", torch.float64).numpy()
+        steps = arr.shape[0]
+        frame = pd.DataFrame(arr, columns=["mean", "q10", "q50", "q90", "saturated"])
+        frame.insert(0, "t", np.arange(steps))
+        frame.insert(0, "kind", "gate" if quantity in gate_names else "norm")
+        frame.insert(0, "quantity", quantity)
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRAME_COLUMNS)
+    for position, (key, value) in enumerate(meta.items()):
+        out.insert(position, key, value)
+    return out[list(FRAME_COLUMNS)]
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """Per-step reductions over the batch for one layer and direction (``detail="summary"``).
+
+    Attributes:
+        module, layer, direction, cell: where the values come from (see the module docstring).
+        batch_size, seq_len: ``B`` and ``T`` of the recorded pass.
+        stats: quantity → ``[T, 5]`` tensor with columns mean, q10, q50, q90, saturated.
+            Norm quantities: ``x, h, grad_x, grad_h`` (and ``c, grad_c`` for an LSTM; the ``grad_*``
+            only after a backward pass). Gate quantities: the gate names and ``keep``.
+    """
+
+    module: str
+    layer: int
+    direction: str
+    cell: str
+    batch_size: int
+    seq_len: int
+    stats: dict[str, Tensor] = field(repr=False)
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        return tuple(q for q in self.stats if q not in NORM_QUANTITIES)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The long-form table described in the module docstring, one row per (quantity, t)."""
+        meta = {"module": self.module, "layer": self.layer, "direction": self.direction, "cell": self.cell}
+        return _stats_frame(meta, self.stats, self.gate_names)
+
+
+@dataclass(frozen=True)
+class LayerTrace:
+    """Every recorded tensor of one layer and direction (``detail="full"``), batch first.
+
+    Shapes: ``x`` and ``grad_x`` are ``[B, T, D]`` (``D`` the layer's input width); all others
+    ``[B, T, M]``. ``t`` is the original input order for both directions.
+
+    Attributes:
+        module, layer, direction, cell: where the values come from (see the module docstring).
+        x: the layer's input (for layer k > 0, the previous layer's output after dropout).
+        h: hidden states :math:`h_t`. c: LSTM cell states :math:`c_t` (None otherwise).
+        grad_x: :math:`\\partial L / \\partial x_t` through this direction; the directions of a
+            bidirectional layer sum to the full gradient. None before a backward pass.
+        grad_h: the total :math:`\\partial L / \\partial h_t` through backpropagation through time
+            (output and recurrence), what ``retain_grad()`` on ``h_t`` of an unrolled loop gives.
+        grad_c: the total :math:`\\partial L / \\partial c_t` (LSTM only).
+        gates: post-activation gates by name: GRU ``reset, update, candidate``; LSTM
+            ``input, forget, cell, output``; empty for the RNN.
+        gate_ranges: each gate's value range, for saturation (None when unbounded).
+    """
+
+    module: str
+    layer: int
+    direction: str
+    cell: str
+    x: Tensor = field(repr=False)
+    h: Tensor = field(repr=False)
+    c: Tensor | None = field(repr=False)
+    grad_x: Tensor | None = field(repr=False)
+    grad_h: Tensor | None = field(repr=False)
+    grad_c: Tensor | None = field(repr=False)
+    gates: dict[str, Tensor] = field(repr=False)
+    gate_ranges: dict[str, tuple[float, float] | None] = field(repr=False)
+
+    @property
+    def keep(self) -> Tensor | None:
+        """Fraction of the previous state kept at step t: LSTM forget gate, GRU update gate z; None for RNN.
+
+        This puts all cells on one axis (in the seed's GRU notation the kept fraction is 1 − z).
+        """
+        return {"lstm": self.gates.get("forget"), "gru": self.gates.get("update")}.get(self.cell)
+
+    @property
+    def batch_size(self) -> int:
+        return self.h.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.h.shape[1]
+
+    def summary(self) -> LayerSummary:
+        """The same reductions that ``detail="summary"`` records."""
+        values = {q: getattr(self, q) for q in NORM_QUANTITIES}
+        stats = {q: norm_stats(v.transpose(0, 1)) for q, v in values.items() if v is not None}
+        gates = dict(self.gates)
+        if self.keep is not None:
+            gates["keep"] = self.keep
+        ranges = {**self.gate_ranges, "keep": (0.0, 1.0)}
+        for name, value in gates.items():
+            stats[name] = gate_stats(value.transpose(0, 1), ranges[name])
+        return LayerSummary(
+            self.module, self.layer, self.direction, self.cell, self.batch_size, self.seq_len, stats
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """The long-form table described in the module docstring, one row per (quantity, t)."""
+        return self.summary().to_frame()
+
+
+class Trace:
+    """One recorded forward (and backward) pass: a LayerTrace or LayerSummary per module, layer, direction.
+
+    Built by :func:`gradscope.record`; gradients appear once ``backward()`` has run through the pass.
+    """
+
+    def __init__(self) -> None:
+        self._sources: dict[tuple[str, int, str], object] = {}
+
+    def _add(self, key: tuple[str, int, str], source: object) -> None:
+        self._sources[key] = source
+
+    @property
+    def names(self) -> list[str]:
+        """Qualified names of the recorded modules, in the order they ran (``""`` is the root)."""
+        return list(dict.fromkeys(name for name, _, _ in self._sources))
+
+    def keys(self) -> list[tuple[str, int, str]]:
+        """All ``(module, layer, direction)`` recorded in this pass, in the order they ran."""
+        return list(self._sources)
+
+    def layer(
+        self, name: str | None = None, layer: int = 0, direction: str = "forward"
+    ) -> LayerTrace | LayerSummary:
+        """The trace of one layer and direction of one module.
+
+        Args:
+            name: qualified module name; may be left out when a single module was recorded.
+            layer: layer index, 0 is the one reading the input.
+            direction: ``"forward"`` or ``"backward"`` (bidirectional layers only).
+        """
+        names = self.names
+        if name is None:
+            if len(names) != 1:
+                raise ValueError(f"this trace holds several modules {names}: pass name= to pick one")
+            name = names[0]
+        key = (name, layer, direction)
+        if key not in self._sources:
+            raise KeyError(
+                f"no trace for module {name!r}, layer {layer}, direction {direction!r}; "
+                f"recorded (module, layer, direction): {self.keys()}"
+            )
+        return self._sources[key].snapshot()  # type: ignore[attr-defined]
+
+    def __iter__(self) -> Iterator[LayerTrace | LayerSummary]:
+        for name, layer, direction in self._sources:
+            yield self.layer(name, layer, direction)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def to_frame(self) -> pd.DataFrame:
+        """All layers of this pass as one long-form DataFrame with :data:`FRAME_COLUMNS`."""
+        frames = [layer.to_frame() for layer in self]
+        if not frames:
+            return pd.DataFrame(columns=FRAME_COLUMNS)
+        return pd.concat(frames, ignore_index=True)
+
+    def __repr__(self) -> str:
+        return f"Trace(keys={self.keys()})"

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+
+CELLS = {
+    "rnn": (gradscope.RNN, nn.RNN),
+    "gru": (gradscope.GRU, nn.GRU),
+    "lstm": (gradscope.LSTM, nn.LSTM),
+}
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+
+
+def make_pair(kind: str, input_size: int = 3, hidden_size: int = 5, dtype=torch.float64, seed=0, **options):
+    """A gradscope layer and the torch.nn layer with the same weights (same seed: same init)."""
+    ours, theirs = CELLS[kind]
+    torch_options = {k: v for k, v in options.items() if k not in ("reset", "cell_activation", "hidden_activation")}
+    torch.manual_seed(seed)
+    a = ours(input_size, hidden_size, dtype=dtype, **options)
+    torch.manual_seed(seed)
+    b = theirs(input_size, hidden_size, dtype=dtype, **torch_options)
+    return a, b
+
+
+def initial_state(module, batch: int | None, dtype, seed: int = 1):
+    """Random initial state(s) shaped for ``module`` ([L*K, B, M], or [L*K, M] when batch is None)."""
+    g = torch.Generator().manual_seed(seed)
+    count = module.num_layers * (2 if module.bidirectional else 1)
+    shape = (count, module.hidden_size) if batch is None else (count, batch, module.hidden_size)
+    h0 = torch.randn(shape, generator=g, dtype=dtype)
+    if isinstance(module, nn.LSTM):
+        return (h0, torch.randn(shape, generator=g, dtype=dtype))
+    return h0
+
+
+def weighted_loss(output, final, seed: int = 2):
+    """A loss that reaches every output step and every final state with its own random weight."""
+    g = torch.Generator().manual_seed(seed)
+    finals = final if isinstance(final, tuple) else (final,)
+    loss = (output * torch.randn(output.shape, generator=g, dtype=output.dtype)).sum()
+    for state in finals:
+        loss = loss + (state * torch.randn(state.shape, generator=g, dtype=state.dtype)).sum()
+    return loss
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
