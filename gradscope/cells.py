@@ -6,12 +6,16 @@ blocks (r, z, n) for a GRU and (i, f, g, o) for an LSTM, each ``M`` rows tall.
 
 Every step takes ``gi``, the input projection :math:`W_{ih} x_t + b_{ih}` of shape ``[B, G*M]`` (G gate
 blocks), computed for all steps at once by :func:`input_projection`: one large matmul instead of T
-small ones. Shapes use ``B`` batch, ``D`` input features, ``M`` hidden units.
+small ones. Where ``b_hh`` only adds to ``gi`` (RNN, LSTM) a caller may fold it into ``gi`` and pass
+``b_hh=None``: the result is the same up to rounding.
+
+Shapes use ``B`` batch, ``D`` input features, ``M`` hidden units; any leading dimensions in place of
+``B`` work too (the recorder evaluates all steps at once with ``[T * B, ...]``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,9 +78,13 @@ def _recurrent(h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
     return F.linear(h, w_hh, b_hh)
 
 
-def rnn_cell(
-    gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, nonlinearity: str = "tanh"
-) -> Tensor:
+def _preactivation(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+    """``gi + W_hh h + b_hh`` with one fused multiply-add (and one add when b_hh is given)."""
+    pre = torch.addmm(gi, h, w_hh.t())
+    return pre if b_hh is None else pre + b_hh
+
+
+def rnn_cell(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, nonlinearity: str = "tanh") -> Tensor:
     r"""One step of the simple (Elman) RNN.
 
     .. math::
@@ -93,7 +101,7 @@ def rnn_cell(
     Returns:
         ``h_t`` of shape ``[B, M]``.
     """
-    pre = gi + _recurrent(h, w_hh, b_hh)
+    pre = _preactivation(gi, h, w_hh, b_hh)
     return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
 
 
@@ -124,20 +132,16 @@ def gru_cell(
         ``(h_t, (r_t, z_t, n_t))``, each ``[B, M]``.
     """
     m = h.shape[-1]
-    gi_r, gi_z, gi_n = gi.chunk(3, -1)
+    gi_rz, gi_n = gi[..., : 2 * m], gi[..., 2 * m :]
     if reset == "after":
-        gh_r, gh_z, gh_n = _recurrent(h, w_hh, b_hh).chunk(3, -1)
-        r = torch.sigmoid(gi_r + gh_r)
-        z = torch.sigmoid(gi_z + gh_z)
-        n = torch.tanh(gi_n + r * gh_n)
+        gh = _recurrent(h, w_hh, b_hh)
+        r, z = torch.sigmoid(gi_rz + gh[..., : 2 * m]).chunk(2, -1)
+        n = torch.tanh(torch.addcmul(gi_n, r, gh[..., 2 * m :]))
     else:
         b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * m], b_hh[2 * m :])
-        gh_r, gh_z = _recurrent(h, w_hh[: 2 * m], b_rz).chunk(2, -1)
-        r = torch.sigmoid(gi_r + gh_r)
-        z = torch.sigmoid(gi_z + gh_z)
+        r, z = torch.sigmoid(gi_rz + _recurrent(h, w_hh[: 2 * m], b_rz)).chunk(2, -1)
         n = torch.tanh(gi_n + _recurrent(r * h, w_hh[2 * m :], b_n))
-    h_new = n + z * (h - n)
-    return h_new, (r, z, n)
+    return torch.lerp(n, h, z), (r, z, n)
 
 
 def lstm_cell(
@@ -172,13 +176,12 @@ def lstm_cell(
     Returns:
         ``(h_t, c_t, (i_t, f_t, g_t, o_t))``, each ``[B, M]``.
     """
-    pre = gi + _recurrent(h, w_hh, b_hh)
-    pre_i, pre_f, pre_g, pre_o = pre.chunk(4, -1)
-    i = torch.sigmoid(pre_i)
-    f = torch.sigmoid(pre_f)
-    g = ACTIVATIONS[cell_activation](pre_g)
-    o = torch.sigmoid(pre_o)
-    c_new = f * c + i * g
+    m = h.shape[-1]
+    pre = _preactivation(gi, h, w_hh, b_hh)
+    # one sigmoid over all four blocks (the g block's is unused) costs less than three separate ones
+    i, f, _, o = torch.sigmoid(pre).chunk(4, -1)
+    g = ACTIVATIONS[cell_activation](pre[..., 2 * m : 3 * m])
+    c_new = torch.addcmul(f * c, i, g)
     if c_probe is not None:
         c_new = c_new + c_probe
     h_new = o * ACTIVATIONS[hidden_activation](c_new)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import gradscope
 
@@ -48,9 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gradscope {gradscope.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo", help="record a layer on random data and print its per-step gradient norms"
-    )
+    demo = commands.add_parser("demo", help="record a layer on random data and print its per-step gradient norms")
     demo.add_argument("--cell", choices=sorted(_CELLS), default="lstm")
     demo.add_argument("--seq-len", type=int, default=30)
     demo.add_argument("--batch-size", type=int, default=32)

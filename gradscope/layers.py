@@ -12,6 +12,8 @@ Shapes: ``B`` batch, ``T`` steps, ``D`` input features, ``M`` hidden units, ``L`
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -19,13 +21,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from gradscope.cells import GATE_NAMES, activation, gru_cell, input_projection, lstm_cell, rnn_cell
+from gradscope.cells import activation, gru_cell, input_projection, lstm_cell, rnn_cell
 from gradscope.trace import ACTIVATION_RANGES
 
 __all__ = ["GRU", "LSTM", "RNN", "RecurrentLayer"]
 
 _DIRECTIONS = ("forward", "backward")
 State = tuple[Tensor, Tensor | None]
+Step = Callable[..., tuple[Tensor, "Tensor | None", tuple[Tensor, ...]]]
+"""``step(gi, h, c, w_hh, b_hh, c_probe) -> (h_t, c_t, gates)``: one cell step in a uniform signature
+(``c`` and ``c_probe`` are None and ``c_t`` is None except for the LSTM; gates in torch's order)."""
+
+
+def _rnn_step(gi, h, c, w_hh, b_hh, c_probe, *, nonlinearity):  # type: ignore[no-untyped-def]
+    return rnn_cell(gi, h, w_hh, b_hh, nonlinearity), None, ()
+
+
+def _gru_step(gi, h, c, w_hh, b_hh, c_probe, *, reset):  # type: ignore[no-untyped-def]
+    h_new, gates = gru_cell(gi, h, w_hh, b_hh, reset)
+    return h_new, None, gates
+
+
+def _lstm_step(gi, h, c, w_hh, b_hh, c_probe, *, cell_activation, hidden_activation):  # type: ignore[no-untyped-def]
+    return lstm_cell(gi, h, c, w_hh, b_hh, cell_activation, hidden_activation, c_probe)
 
 
 class RecurrentLayer:
@@ -48,16 +66,8 @@ class RecurrentLayer:
     bidirectional: bool
     training: bool
 
-    def _step(
-        self,
-        gi: Tensor,
-        h: Tensor,
-        c: Tensor | None,
-        w_hh: Tensor,
-        b_hh: Tensor | None,
-        c_probe: Tensor | None,
-    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
-        """One step of the cell; ``c_probe`` (LSTM) is added to c_t before h_t is computed from it."""
+    def step_function(self) -> Step:
+        """This layer's cell as a :data:`Step` with its options (nonlinearity, reset, activations) fixed."""
         raise NotImplementedError
 
     def gate_ranges(self) -> dict[str, tuple[float, float] | None]:
@@ -179,36 +189,33 @@ class RecurrentLayer:
         self, x: Tensor, layer: int, direction: str, h: Tensor, c: Tensor | None, record: Any
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """One layer in one direction over the whole sequence: ``[T, B, D]`` → ``[T, B, M]``."""
-        w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
+        weights = self._weights(layer, direction)
+        w_ih, w_hh, b_ih, b_hh = weights
+        step = self.step_function()
         steps, batch, width = x.shape[0], x.shape[1], self.hidden_size
-        probe_x = probe_h = probe_c = None
+        h0, c0 = h, c
+        ph = pc = None
         if record is not None:
             probe_x = record.probe("x", x.shape, x)
             x = x if probe_x is None else x + probe_x
             probe_h = record.probe("h", (steps, batch, width), x)
             probe_c = record.probe("c", (steps, batch, width), x) if c is not None else None
+            ph = probe_h.unbind(0) if probe_h is not None else None
+            pc = probe_c.unbind(0) if probe_c is not None else None
+        if self.cell != "gru" and b_ih is not None:  # b_hh only adds to gi: one add for all steps
+            b_ih, b_hh = b_ih + b_hh, None
         # unbind once: slicing a tensor that requires grad step by step costs O(T^2) in backward
         gi = input_projection(x, w_ih, b_ih).unbind(0)
-        ph = probe_h.unbind(0) if probe_h is not None else None
-        pc = probe_c.unbind(0) if probe_c is not None else None
         hs: list[Tensor] = [x] * steps  # placeholders, every index is overwritten
-        cs: list[Tensor | None] = [None] * steps
-        gates: list[tuple[Tensor, ...]] = [()] * steps
         order = range(steps) if direction == "forward" else range(steps - 1, -1, -1)
         for t in order:
-            h, c, g = self._step(gi[t], h, c, w_hh, b_hh, pc[t] if pc is not None else None)
+            h, c, _ = step(gi[t], h, c, w_hh, b_hh, pc[t] if pc is not None else None)
             if ph is not None:
                 h = h + ph[t]
             hs[t] = h
-            if record is not None:
-                cs[t], gates[t] = c, g
         out = torch.stack(hs)
         if record is not None:
-            with torch.no_grad():
-                c_all = torch.stack(cs) if c is not None else None  # type: ignore[arg-type]
-                names = GATE_NAMES[self.cell]
-                gate_values = {name: torch.stack([g[j] for g in gates]) for j, name in enumerate(names)}
-            record.store(x, out, c_all, gate_values)
+            record.store(x, out, h0, c0, weights, step, direction)
         return out, h, c
 
     def forward(self, input: Tensor, hx: Any = None) -> tuple[Tensor, Any]:
@@ -275,8 +282,8 @@ class RNN(RecurrentLayer, nn.RNN):
     def gate_ranges(self) -> dict[str, tuple[float, float] | None]:
         return {}
 
-    def _step(self, gi, h, c, w_hh, b_hh, c_probe):  # type: ignore[no-untyped-def]
-        return rnn_cell(gi, h, w_hh, b_hh, self.nonlinearity), None, ()
+    def step_function(self) -> Step:
+        return partial(_rnn_step, nonlinearity=self.nonlinearity)
 
 
 class GRU(RecurrentLayer, nn.GRU):
@@ -316,9 +323,8 @@ class GRU(RecurrentLayer, nn.GRU):
     def gate_ranges(self) -> dict[str, tuple[float, float] | None]:
         return {"reset": (0.0, 1.0), "update": (0.0, 1.0), "candidate": (-1.0, 1.0)}
 
-    def _step(self, gi, h, c, w_hh, b_hh, c_probe):  # type: ignore[no-untyped-def]
-        h_new, gates = gru_cell(gi, h, w_hh, b_hh, self.reset)
-        return h_new, None, gates
+    def step_function(self) -> Step:
+        return partial(_gru_step, reset=self.reset)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -378,12 +384,11 @@ class LSTM(RecurrentLayer, nn.LSTM):
         cell = ACTIVATION_RANGES[self.cell_activation]
         return {"input": sigmoid, "forget": sigmoid, "cell": cell, "output": sigmoid}
 
-    def _step(self, gi, h, c, w_hh, b_hh, c_probe):  # type: ignore[no-untyped-def]
-        return lstm_cell(gi, h, c, w_hh, b_hh, self.cell_activation, self.hidden_activation, c_probe)
+    def step_function(self) -> Step:
+        return partial(_lstm_step, cell_activation=self.cell_activation, hidden_activation=self.hidden_activation)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self.cell_activation != "tanh" or self.hidden_activation != "tanh":
             s += f", cell_activation={self.cell_activation!r}, hidden_activation={self.hidden_activation!r}"
         return s
-

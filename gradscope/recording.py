@@ -12,23 +12,33 @@ recording; no hook is ever placed on a user's module, parameter or tensor.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from gradscope.layers import GRU, LSTM, RNN, RecurrentLayer
-from gradscope.trace import LayerSummary, LayerTrace, Trace, gate_stats, norm_stats
+from gradscope.cells import GATE_NAMES, input_projection
+from gradscope.layers import GRU, LSTM, RNN, RecurrentLayer, Step
+from gradscope.trace import (
+    KEEP_GATE,
+    NORM_QUANTITIES,
+    LayerSummary,
+    LayerTrace,
+    Trace,
+    gate_stats,
+    norm_stats,
+)
 
 __all__ = ["DETAILS", "Recorder", "instrument", "record"]
 
 DETAILS = ("full", "summary")
 _SWAPS: dict[type, type] = {nn.RNN: RNN, nn.GRU: GRU, nn.LSTM: LSTM}
 _SINK = "_gradscope_sink"
+_BLOCK = 16  # steps per batched recomputation of the gates
 
 
 class _LayerRecord:
@@ -49,15 +59,19 @@ class _LayerRecord:
         self.gates: dict[str, Tensor] = {}
         self.grads: dict[str, Tensor] = {}
         self.shape: tuple[int, int] = (0, 0)
+        self._inputs: tuple | None = None  # what _derive needs, until it has run
 
     def probe(self, quantity: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
-        """A zero leaf of ``shape`` (dtype and device of ``like``) whose gradient becomes ``grad_<quantity>``.
+        """A zero tensor of ``shape`` (dtype and device of ``like``) whose gradient becomes ``grad_<quantity>``.
 
-        None when autograd is off (no_grad / inference mode): values are still recorded.
+        It is a zero scalar leaf expanded to ``shape``: no memory, yet its gradient is the full
+        ``[T, B, F]`` tensor. None when autograd is off (no_grad / inference mode): values are still
+        recorded.
         """
         if not torch.is_grad_enabled():
             return None
-        p = torch.zeros(shape, dtype=like.dtype, device=like.device, requires_grad=True)
+        zero = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
+        p = zero.expand(shape)
         p.register_hook(partial(self._on_grad, "grad_" + quantity))
         return p
 
@@ -76,27 +90,93 @@ class _LayerRecord:
         else:
             self.grads[quantity] = grad
 
-    def store(self, x: Tensor, h: Tensor, c: Tensor | None, gates: dict[str, Tensor]) -> None:
-        """Keep the forward values (time-major, detached): all of them, or their reductions."""
+    def store(
+        self,
+        x: Tensor,
+        h: Tensor,
+        h0: Tensor,
+        c0: Tensor | None,
+        weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+        step: Step,
+        direction: str,
+    ) -> None:
+        """Keep what the forward pass computed, time-major: input ``x`` ``[T, B, D]``, states ``h`` ``[T, B, M]``.
+
+        Gates and LSTM cell states are not copied out of the loop: they are recomputed from ``x``,
+        ``h``, the initial state and a copy of the weights, for all steps at once, when the trace is
+        first read (full detail) or right away to be reduced (summary detail).
+        """
         self.shape = (h.shape[1], h.shape[0])
-        values = {"x": x.detach(), "h": h.detach()}
-        if c is not None:
-            values["c"] = c.detach()
+        self.values = {"x": x.detach(), "h": h.detach()}
+        with torch.no_grad():
+            frozen = tuple(None if w is None else w.detach().clone() for w in weights)
+        self._inputs = (h0.detach(), None if c0 is None else c0.detach(), frozen, step, direction)
         if self.detail == "full":
-            self.values, self.gates = values, gates
             return
-        self.values = {q: norm_stats(v) for q, v in values.items()}
-        keep = {"lstm": "forget", "gru": "update"}.get(self.cell)
-        ranges = {**self.gate_ranges, "keep": (0.0, 1.0)}
-        named = {**gates, "keep": gates[keep]} if keep else gates
-        self.gates = {name: gate_stats(v, ranges[name]) for name, v in named.items()}
+        self._derive(reduce=True)
+        self.values = {q: v if q == "c" else norm_stats(v) for q, v in self.values.items()}
+        if self.cell in KEEP_GATE:
+            self.gates["keep"] = self.gates[KEEP_GATE[self.cell]]
+
+    def _derived_blocks(self) -> Iterator[dict[str, Tensor]]:
+        """Gates (and the LSTM's c) from the recorded x and h, a block of steps at a time, in the order run.
+
+        Each block is one batched cell call over ``_BLOCK`` steps; blocks keep temporaries small. For
+        the LSTM, :math:`c_t = f_t \\odot c_{t-1} + i_t \\odot g_t` is then scanned step by step.
+        """
+        h0, c0, (w_ih, w_hh, b_ih, b_hh), step, direction = self._inputs
+        x, h = self.values["x"], self.values["h"]
+        steps, batch, width = h.shape
+        names = GATE_NAMES[self.cell]
+        starts = range(0, steps, _BLOCK)
+        c_prev = c0
+        with torch.no_grad():
+            for lo in starts if direction == "forward" else reversed(starts):
+                hi = min(lo + _BLOCK, steps)
+                n = hi - lo
+                if direction == "forward":
+                    h_prev = h[lo - 1 : hi - 1] if lo > 0 else torch.cat([h0[None], h[: hi - 1]])
+                else:
+                    h_prev = h[lo + 1 : hi + 1] if hi < steps else torch.cat([h[lo + 1 :], h0[None]])
+                gi = input_projection(x[lo:hi], w_ih, b_ih).reshape(n * batch, -1)
+                c_any = None if c0 is None else h_prev.new_zeros(n * batch, width)
+                _, _, gates = step(gi, h_prev.reshape(n * batch, width), c_any, w_hh, b_hh, None)
+                block = {name: g.reshape(n, batch, width) for name, g in zip(names, gates, strict=True)}
+                if c0 is not None:
+                    c = torch.empty_like(block["forget"])
+                    update = block["input"] * block["cell"]
+                    for t in range(n) if direction == "forward" else range(n - 1, -1, -1):
+                        c_prev = torch.addcmul(update[t], block["forget"][t], c_prev, out=c[t])
+                    block["c"] = c
+                yield block
+
+    def _derive(self, reduce: bool) -> None:
+        """Set ``gates`` (and ``values["c"]``) in time order, as ``[T, B, M]`` tensors or, with
+        ``reduce``, as their ``[T, 5]`` statistics. Runs once; later calls do nothing."""
+        if self._inputs is None:
+            return
+        forward = self._inputs[4] == "forward"
+        parts: dict[str, list[Tensor]] = {}
+        for block in self._derived_blocks():
+            for name, value in block.items():
+                if reduce:
+                    value = norm_stats(value) if name == "c" else gate_stats(value, self.gate_ranges[name])
+                parts.setdefault(name, []).append(value)
+        self._inputs = None
+        derived = {name: torch.cat(p if forward else p[::-1]) for name, p in parts.items()}
+        if "c" in derived:
+            self.values["c"] = derived.pop("c")
+        self.gates = derived
 
     def snapshot(self) -> LayerTrace | LayerSummary:
         module, layer, direction = self.key
         if self.detail == "summary":
             batch, steps = self.shape
-            stats = {**self.values, **self.grads, **self.gates}
+            norms = {**self.values, **self.grads}
+            stats = {q: norms[q] for q in NORM_QUANTITIES if q in norms} | self.gates
             return LayerSummary(module, layer, direction, self.cell, batch, steps, stats)
+
+        self._derive(reduce=False)
 
         def batch_first(v: Tensor | None) -> Tensor | None:
             return None if v is None else v.transpose(0, 1)
@@ -133,9 +213,7 @@ class Recorder:
     def trace(self) -> Trace:
         """The latest pass."""
         if not self.traces:
-            raise RuntimeError(
-                "nothing was recorded yet: run a forward pass of the model inside the record() block"
-            )
+            raise RuntimeError("nothing was recorded yet: run a forward pass of the model inside the record() block")
         return self.traces[-1]
 
     def to_frame(self) -> pd.DataFrame:

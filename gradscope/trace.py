@@ -15,7 +15,9 @@ tensor, ``detail="full"``) or a :class:`LayerSummary` (per-step reductions over 
 ``t``
     the step, in the original input order for both directions.
 ``mean, q10, q50, q90``
-    batch mean and the 10 %, 50 %, 90 % quantiles (linear interpolation).
+    norms: the batch mean and the 10 %, 50 %, 90 % quantiles over the batch. Gates: the mean over
+    batch and units, and the quantiles across units of each unit's batch-mean value. Quantiles use
+    linear interpolation, as ``torch.quantile``.
 ``saturated``
     gates only: the fraction of values in the outer tenth of the gate's range at either end (below
     0.1 or above 0.9 for a sigmoid gate, the criterion of Karpathy et al. 2015); NaN for norms and
@@ -24,8 +26,8 @@ tensor, ``detail="full"``) or a :class:`LayerSummary` (per-step reductions over 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,8 @@ FRAME_COLUMNS = (
     "mean", "q10", "q50", "q90", "saturated",
 )  # fmt: skip
 NORM_QUANTITIES = ("x", "h", "c", "grad_x", "grad_h", "grad_c")
+KEEP_GATE = {"lstm": "forget", "gru": "update"}
+"""The gate whose value is the fraction of the previous state kept (GRU z in torch's parameterisation)."""
 _QUANTILES = (0.1, 0.5, 0.9)
 _SATURATION_BAND = 0.1
 
@@ -54,14 +58,11 @@ ACTIVATION_RANGES: dict[str, tuple[float, float] | None] = {
 
 
 def _quantiles(values: Tensor) -> Tensor:
-    """Quantiles :data:`_QUANTILES` along dim 1 of ``[T, K]``, as torch.quantile's "linear" method.
-
-    Sorting avoids torch.quantile's limit on input size (2**24 elements).
-    """
+    """Quantiles :data:`_QUANTILES` along dim 1 of ``[T, K]``, as torch.quantile's "linear" method."""
     ordered = values.sort(dim=1).values
-    pos = torch.tensor(_QUANTILES, dtype=torch.float64) * (values.shape[1] - 1)
+    pos = torch.tensor(_QUANTILES, dtype=torch.float64, device=values.device) * (values.shape[1] - 1)
     lo, hi = pos.floor().long(), pos.ceil().long()
-    w = (pos - lo).to(values.dtype).to(values.device)
+    w = (pos - lo).to(values.dtype)
     return ordered[:, lo] * (1 - w) + ordered[:, hi] * w
 
 
@@ -77,25 +78,25 @@ def norm_stats(values: Tensor) -> Tensor:
 
 
 def gate_stats(values: Tensor, value_range: tuple[float, float] | None) -> Tensor:
-    """Per-step statistics of gate values over batch and units: ``[T, B, M]`` → ``[T, 5]``.
+    """Per-step statistics of gate values: ``[T, B, M]`` → ``[T, 5]``.
 
-    Columns: mean, q10, q50, q90, and the saturated fraction (NaN when ``value_range`` is None).
+    Columns: the mean over batch and units; the 10/50/90 % quantiles *across units* of each unit's
+    batch-mean value (the spread between units that keep and units that forget); and the fraction of
+    all values that are saturated (NaN when ``value_range`` is None).
     """
     with torch.no_grad():
-        flat = values.reshape(values.shape[0], -1)
+        unit_means = values.mean(1)
         if value_range is None:
-            saturated = torch.full_like(flat[:, :1], float("nan"))
+            saturated = torch.full_like(unit_means[:, :1], float("nan"))
         else:
             lo, hi = value_range
             band = _SATURATION_BAND * (hi - lo)
-            outer = (flat < lo + band) | (flat > hi - band)
-            saturated = outer.to(flat.dtype).mean(1, keepdim=True)
-        return torch.cat([flat.mean(1, keepdim=True), _quantiles(flat), saturated], dim=1)
+            outer = (values < lo + band).logical_or_(values > hi - band)
+            saturated = outer.sum((1, 2), dtype=values.dtype).div_(outer[0].numel()).unsqueeze(1)
+        return torch.cat([unit_means.mean(1, keepdim=True), _quantiles(unit_means), saturated], dim=1)
 
 
-def _stats_frame(
-    meta: dict[str, object], stats: dict[str, Tensor], gate_names: tuple[str, ...]
-) -> pd.DataFrame:
+def _stats_frame(meta: dict[str, object], stats: dict[str, Tensor], gate_names: tuple[str, ...]) -> pd.DataFrame:
     frames = []
     for quantity, table in stats.items():
         arr = table.detach().to("cpu", torch.float64).numpy()
@@ -181,7 +182,8 @@ class LayerTrace:
 
         This puts all cells on one axis (in the seed's GRU notation the kept fraction is 1 − z).
         """
-        return {"lstm": self.gates.get("forget"), "gru": self.gates.get("update")}.get(self.cell)
+        gate = KEEP_GATE.get(self.cell)
+        return None if gate is None else self.gates[gate]
 
     @property
     def batch_size(self) -> int:
@@ -195,15 +197,11 @@ class LayerTrace:
         """The same reductions that ``detail="summary"`` records."""
         values = {q: getattr(self, q) for q in NORM_QUANTITIES}
         stats = {q: norm_stats(v.transpose(0, 1)) for q, v in values.items() if v is not None}
-        gates = dict(self.gates)
-        if self.keep is not None:
-            gates["keep"] = self.keep
-        ranges = {**self.gate_ranges, "keep": (0.0, 1.0)}
-        for name, value in gates.items():
-            stats[name] = gate_stats(value.transpose(0, 1), ranges[name])
-        return LayerSummary(
-            self.module, self.layer, self.direction, self.cell, self.batch_size, self.seq_len, stats
-        )
+        for name, value in self.gates.items():
+            stats[name] = gate_stats(value.transpose(0, 1), self.gate_ranges[name])
+        if self.cell in KEEP_GATE:
+            stats["keep"] = stats[KEEP_GATE[self.cell]]
+        return LayerSummary(self.module, self.layer, self.direction, self.cell, self.batch_size, self.seq_len, stats)
 
     def to_frame(self) -> pd.DataFrame:
         """The long-form table described in the module docstring, one row per (quantity, t)."""
@@ -231,9 +229,7 @@ class Trace:
         """All ``(module, layer, direction)`` recorded in this pass, in the order they ran."""
         return list(self._sources)
 
-    def layer(
-        self, name: str | None = None, layer: int = 0, direction: str = "forward"
-    ) -> LayerTrace | LayerSummary:
+    def layer(self, name: str | None = None, layer: int = 0, direction: str = "forward") -> LayerTrace | LayerSummary:
         """The trace of one layer and direction of one module.
 
         Args:

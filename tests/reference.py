@@ -93,7 +93,10 @@ def unrolled(kind: str, module, x: Tensor, h0: Tensor, c0: Tensor | None, opts: 
                 getattr(module, "bias_hh_" + sfx, None) if module.bias else None,
             )
             x_in = layer_input.clone()
-            x_in.retain_grad()
+            if x_in.requires_grad:
+                x_in.retain_grad()
+            else:
+                x_in.requires_grad_(True)
             rec = DirectionSteps(x=x_in, h=[None] * T, c=[None] * T)
             idx = layer * len(directions) + d
             h, c = h0[idx], (c0[idx] if c0 is not None else None)

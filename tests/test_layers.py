@@ -212,11 +212,11 @@ def test_gradcheck_float64(kind, options):
 @pytest.mark.parametrize(
     "make_input,error,message",
     [
-        (lambda: torch.randn(2, 3, 4, 3), ValueError, r"input must have 3 dimensions .* got 4 with shape \(2, 3, 4, 3\)"),
+        (lambda: torch.randn(2, 3, 4, 3), ValueError, r"must have 3 dimensions .* got 4 with shape \(2, 3, 4, 3\)"),
         (lambda: torch.randn(3), ValueError, r"got 1 with shape \(3,\)"),
         (lambda: torch.randn(5, 2, 7), ValueError, r"input.shape\[-1\] must equal input_size=3, got 7"),
         (lambda: torch.ones(5, 2, 3, dtype=torch.long), TypeError, r"floating-point tensor, got dtype torch.int64"),
-        (lambda: torch.randn(5, 2, 3, dtype=torch.float64), ValueError, r"dtype torch.float64 does not match .*torch.float32"),
+        (lambda: torch.randn(5, 2, 3, dtype=torch.float64), ValueError, r"float64 does not match .*torch.float32"),
         (lambda: torch.randn(0, 2, 3), ValueError, r"at least one time step"),
         (lambda: [[1.0, 2.0, 3.0]], TypeError, r"input must be a Tensor, got: list"),
     ],
