@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CELLS, TOL, initial_state, make_pair, weighted_loss
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -258,3 +260,26 @@ def test_unknown_variants_are_named():
         gradscope.LSTM(3, 4, hidden_activation="swish")
     with pytest.raises(ValueError, match=r"Unknown nonlinearity 'sigmoid'"):
         gradscope.RNN(3, 4, nonlinearity="sigmoid")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(list(CELLS)),
+    batch=st.integers(1, 4),
+    steps=st.integers(1, 9),
+    input_size=st.integers(1, 5),
+    hidden_size=st.integers(1, 6),
+    num_layers=st.integers(1, 3),
+    bidirectional=st.booleans(),
+    batch_first=st.booleans(),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_parity_with_torch_over_random_shapes(
+    kind, batch, steps, input_size, hidden_size, num_layers, bidirectional, batch_first, bias, seed
+):
+    options = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
+    ours, theirs = make_pair(kind, input_size, hidden_size, seed=seed, **options)
+    shape = (batch, steps, input_size) if batch_first else (steps, batch, input_size)
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    _assert_parity(ours, theirs, x, initial_state(ours, batch, torch.float64, seed=seed), torch.float64)

@@ -468,3 +468,23 @@ def test_to_frame_columns_and_values():
     assert len(frame) == 2 * 11 * 4  # directions x (6 norms, 4 gates, keep) x steps
     keep = frame[frame["quantity"] == "keep"]
     assert keep["mean"].between(0, 1).all()
+
+
+def test_trace_tensors_are_detached_and_hold_no_graph():
+    layer = gradscope.LSTM(3, 4, num_layers=2)
+    with gradscope.record(layer) as rec:
+        layer(torch.randn(5, 2, 3, requires_grad=True))[0].sum().backward()
+    lt = rec.trace.layer(layer=1)
+    tensors = [lt.x, lt.h, lt.c, lt.grad_x, lt.grad_h, lt.grad_c, *lt.gates.values()]
+    assert all(t is not None and t.grad_fn is None and not t.requires_grad for t in tensors)
+
+
+def test_unbatched_input_is_recorded_with_a_batch_of_one():
+    layer = gradscope.GRU(3, 4, batch_first=True)
+    x = torch.randn(6, 3)
+    with gradscope.record(layer) as rec:
+        out, _ = layer(x)
+        out.sum().backward()
+    lt = rec.trace.layer()
+    assert lt.h.shape == (1, 6, 4) and lt.grad_x.shape == (1, 6, 3)
+    torch.testing.assert_close(lt.h[0], out.detach())
