@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python benchmarks/recording_overhead.py [--batch 64 --steps 256 --input 8 --hidden 128]``.
 Prints, per cell, the median time ratio to torch.nn of (1) the gradscope layer unrecorded, (2) with
-``record(detail="full")`` and (3) with ``record(detail="summary")``. Ratios, not absolute times, are what
+``record(detail="full")``, (3) the same followed by reading the trace (which derives the gates) and (4)
+with ``record(detail="summary")``. Ratios, not absolute times, are what
 to compare across machines.
 """
 
@@ -26,9 +27,11 @@ def _fwd_bwd(module: nn.Module, x: torch.Tensor) -> None:
     out.sum().backward()
 
 
-def _recorded(module: nn.Module, x: torch.Tensor, detail: str) -> None:
-    with gradscope.record(module, detail=detail):
+def _recorded(module: nn.Module, x: torch.Tensor, detail: str, read: bool = False) -> None:
+    with gradscope.record(module, detail=detail) as rec:
         _fwd_bwd(module, x)
+    if read:  # full detail derives gates and LSTM cell states when the trace is first read
+        list(rec.trace)
 
 
 def _timed(fn) -> float:
@@ -52,7 +55,7 @@ def main() -> None:
         f"B={args.batch} T={args.steps} D={args.input} M={args.hidden}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds"
     )
-    print("cell  | gradscope / torch.nn | full recording / torch.nn | summary recording / torch.nn")
+    print("cell  | gradscope | full recording | full recording + reading the trace | summary recording")
     for cell in args.cells:
         torch_cls, ours_cls = CELLS[cell]
         reference = torch_cls(args.input, args.hidden, batch_first=True)
@@ -62,6 +65,7 @@ def main() -> None:
             "torch": partial(_fwd_bwd, reference, x),
             "plain": partial(_fwd_bwd, ours, x),
             "full": partial(_recorded, ours, x, "full"),
+            "full+read": partial(_recorded, ours, x, "full", True),
             "summary": partial(_recorded, ours, x, "summary"),
         }
         for fn in variants.values():  # warm up
@@ -72,7 +76,10 @@ def main() -> None:
                 times[name].append(_timed(fn))
         base = statistics.median(times["torch"])
         ratios = {name: statistics.median(t) / base for name, t in times.items()}
-        print(f"{cell:5s} | {ratios['plain']:20.2f} | {ratios['full']:25.2f} | {ratios['summary']:28.2f}")
+        print(
+            f"{cell:5s} | {ratios['plain']:9.2f} | {ratios['full']:14.2f} | {ratios['full+read']:33.2f} | "
+            f"{ratios['summary']:17.2f}"
+        )
 
 
 if __name__ == "__main__":
