@@ -1,5 +1,6 @@
 """gradscope: see, step by step, how gradients flow back through RNN, GRU and LSTM layers."""
 
+from gradscope import analysis
 from gradscope.layers import GRU, LSTM, RNN
 from gradscope.recording import Recorder, instrument, record
 from gradscope.trace import LayerSummary, LayerTrace, Trace
@@ -15,6 +16,7 @@ __all__ = [
     "Recorder",
     "Trace",
     "__version__",
+    "analysis",
     "instrument",
     "record",
 ]

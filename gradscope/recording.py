@@ -59,7 +59,8 @@ class _LayerRecord:
         self.gates: dict[str, Tensor] = {}
         self.grads: dict[str, Tensor] = {}
         self.shape: tuple[int, int] = (0, 0)
-        self._inputs: tuple | None = None  # what _derive needs, until it has run
+        self._inputs: tuple = ()  # (h0, c0, weights, step, direction) from the forward pass
+        self._derived = False
 
     def probe(self, quantity: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
         """A zero tensor of ``shape`` (dtype and device of ``like``) whose gradient becomes ``grad_<quantity>``.
@@ -153,7 +154,7 @@ class _LayerRecord:
     def _derive(self, reduce: bool) -> None:
         """Set ``gates`` (and ``values["c"]``) in time order, as ``[T, B, M]`` tensors or, with
         ``reduce``, as their ``[T, 5]`` statistics. Runs once; later calls do nothing."""
-        if self._inputs is None:
+        if self._derived:
             return
         forward = self._inputs[4] == "forward"
         parts: dict[str, list[Tensor]] = {}
@@ -162,7 +163,7 @@ class _LayerRecord:
                 if reduce:
                     value = norm_stats(value) if name == "c" else gate_stats(value, self.gate_ranges[name])
                 parts.setdefault(name, []).append(value)
-        self._inputs = None
+        self._derived = True
         derived = {name: torch.cat(p if forward else p[::-1]) for name, p in parts.items()}
         if "c" in derived:
             self.values["c"] = derived.pop("c")
@@ -194,6 +195,10 @@ class _LayerRecord:
             grad_c=batch_first(self.grads.get("grad_c")),
             gates={name: v.transpose(0, 1) for name, v in self.gates.items()},
             gate_ranges=dict(self.gate_ranges),
+            h0=self._inputs[0],
+            c0=self._inputs[1],
+            weights=self._inputs[2],
+            step=self._inputs[3],
         )
 
 

@@ -26,7 +26,7 @@ tensor, ``detail="full"``) or a :class:`LayerSummary` (per-step reductions over 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,6 +161,11 @@ class LayerTrace:
         gates: post-activation gates by name: GRU ``reset, update, candidate``; LSTM
             ``input, forget, cell, output``; empty for the RNN.
         gate_ranges: each gate's value range, for saturation (None when unbounded).
+        h0, c0: the initial states ``[B, M]`` (c0 None except for the LSTM).
+        weights: ``(w_ih, w_hh, b_ih, b_hh)`` as they were during the forward pass (copies; biases None
+            when the layer has none), in torch's layout.
+        step: the layer's cell, :data:`gradscope.layers.Step`, with its options fixed. With ``weights``,
+            ``h0`` and ``x`` it reproduces every step: the analysis uses it for exact Jacobians.
     """
 
     module: str
@@ -175,6 +180,10 @@ class LayerTrace:
     grad_c: Tensor | None = field(repr=False)
     gates: dict[str, Tensor] = field(repr=False)
     gate_ranges: dict[str, tuple[float, float] | None] = field(repr=False)
+    h0: Tensor = field(repr=False)
+    c0: Tensor | None = field(repr=False)
+    weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None] = field(repr=False)
+    step: Callable[..., tuple[Tensor, Tensor | None, tuple[Tensor, ...]]] = field(repr=False)
 
     @property
     def keep(self) -> Tensor | None:
