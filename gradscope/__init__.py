@@ -3,6 +3,7 @@
 from gradscope import analysis
 from gradscope.layers import GRU, LSTM, RNN
 from gradscope.recording import Recorder, instrument, record
+from gradscope.storage import Run, load_run, load_runs
 from gradscope.trace import LayerSummary, LayerTrace, Trace
 
 __version__ = "0.1.0"
@@ -14,9 +15,12 @@ __all__ = [
     "LayerSummary",
     "LayerTrace",
     "Recorder",
+    "Run",
     "Trace",
     "__version__",
     "analysis",
     "instrument",
+    "load_run",
+    "load_runs",
     "record",
 ]

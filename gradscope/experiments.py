@@ -145,9 +145,9 @@ def _check(config: _Config, task: Task) -> None:
     if not config.cells or any(c not in CELLS for c in config.cells):
         raise ValueError(f"cells must be a non-empty subset of {list(CELLS)}, got: {list(config.cells)}")
     allowed = ("sequence",) if task.sequence_output else ("last", "max", "mean")
-    for cell, chosen in config.readouts.items():
-        if cell not in config.cells:
-            raise ValueError(f"readouts are given for {cell!r}, which is not among cells {list(config.cells)}")
+    if not config.readouts:
+        raise ValueError("readouts name no cell to train")
+    for chosen in config.readouts.values():
         if not chosen or any(r not in allowed for r in chosen):
             raise ValueError(f"task {task.name!r} takes readouts from {list(allowed)}, got: {list(chosen)}")
     if not config.lr > 0:
@@ -268,11 +268,13 @@ def compare(
         readouts = ("sequence",) if task_obj.sequence_output else ("last",)
     if isinstance(readouts, str):
         raise ValueError(f"readouts must be a sequence or a mapping of sequences, got the string {readouts!r}")
-    per_cell = (
-        {cell: tuple(readouts.get(cell, ())) for cell in cells}
-        if isinstance(readouts, Mapping)
-        else {cell: tuple(readouts) for cell in cells}
-    )
+    if isinstance(readouts, Mapping):
+        strangers = [cell for cell in readouts if cell not in cells]
+        if strangers:
+            raise ValueError(f"readouts are given for {strangers}, which are not among cells {list(cells)}")
+        per_cell = {cell: tuple(readouts[cell]) for cell in cells if cell in readouts}
+    else:
+        per_cell = {cell: tuple(readouts) for cell in cells}
     config = _Config(
         task, seq_len, tuple(cells), per_cell, hidden_size, num_layers, steps, batch_size, float(lr),
         record_every, seed, None if clip is None else float(clip), forget_bias, train_size, eval_size,
