@@ -1,6 +1,6 @@
 """gradscope: see, step by step, how gradients flow back through RNN, GRU and LSTM layers."""
 
-from gradscope import analysis
+from gradscope import analysis, experiments, tasks
 from gradscope.layers import GRU, LSTM, RNN
 from gradscope.recording import Recorder, instrument, record
 from gradscope.storage import Run, load_run, load_runs
@@ -19,8 +19,10 @@ __all__ = [
     "Trace",
     "__version__",
     "analysis",
+    "experiments",
     "instrument",
     "load_run",
     "load_runs",
     "record",
+    "tasks",
 ]
