@@ -13,6 +13,10 @@ At each record step, with the model as it is after that many updates:
 - loss and metric on a fixed held-out set (split ``"test"``) and on a fixed set of training samples
   (split ``"train"``); split ``"gap"`` holds test − train, the seed's overfitting question.
 
+After the last step, for sequences up to :data:`CONNECTIVITY_MAX_LEN`, the connectivity
+:math:`\lVert \partial h_t / \partial x_s \rVert` of the recurrent layer on the first
+``jacobian_samples`` probe samples.
+
 The analysed layer is layer 0, whose ``grad_x`` is the gradient with respect to the task's inputs.
 """
 
@@ -43,6 +47,8 @@ READOUTS = ("last", "max", "mean", "sequence")
 """How the hidden states become one prediction: the last state, max or mean pooling over time, or a
 prediction at every step ("sequence", for tasks with sequence output such as "copy")."""
 FORGET_BIAS = ("default", "one", "chrono")
+CONNECTIVITY_MAX_LEN = 200
+"""Connectivity (T² entries) is stored for sequences up to this length, at the last step."""
 
 
 class SequenceModel(nn.Module):
@@ -349,6 +355,10 @@ def _train_one(
             progress({"cell": cell, "readout": readout, "step": step, "steps": config.steps, "loss": loss.item(),
                       "test_loss": test_loss, "half_life": half_life, "recorded": recording})  # fmt: skip
         if step == config.steps:
+            if task.length <= CONNECTIVITY_MAX_LEN:
+                frame = analysis.connectivity(model.rnn, probe[0][: config.jacobian_samples], chunk_size=1024)
+                writer.add("connectivity", _meta(frame, step, cell, readout))
+                writer.commit([])
             break
         if config.clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.clip)

@@ -9,6 +9,7 @@ A run directory holds ``run.json`` and one Parquet file per table (:data:`TABLES
     gates.parquet        step, cell, readout, batch, gate, t, mean, q10, q90, saturated
     time_constants.parquet  step, cell, readout, unit, keep, tau
     jacobians.parquet    step, cell, readout, lyapunov_max, spectral_norm_mean, spectral_norm_max
+    connectivity.parquet step, cell, readout, t, s, lag, norm   (the last step only, for T <= 200)
     params.parquet       cell, readout, module, parameters
 
 Every file is replaced whole by writing a temporary file beside it and renaming it over the old one,
@@ -41,6 +42,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "gates": ("step", "cell", "readout", "batch", "gate", "t", "mean", "q10", "q90", "saturated"),
     "time_constants": ("step", "cell", "readout", "unit", "keep", "tau"),
     "jacobians": ("step", "cell", "readout", "lyapunov_max", "spectral_norm_mean", "spectral_norm_max"),
+    "connectivity": ("step", "cell", "readout", "t", "s", "lag", "norm"),
     "params": ("cell", "readout", "module", "parameters"),
 }
 """Every table of a run directory and its columns, in order."""
@@ -137,8 +139,8 @@ class Run:
         info: the whole ``run.json``. config: ``info["config"]``.
         status: ``"running"``, ``"completed"``, ``"failed"``, or ``"interrupted"`` (``run.json`` says
             running but the process that wrote it, on this host, is gone).
-        metrics, curves, fits, gates, time_constants, jacobians, params: the tables, holding only the
-            records listed as completed.
+        metrics, curves, fits, gates, time_constants, jacobians, connectivity, params: the tables,
+            holding only the records listed as completed.
     """
 
     path: Path
@@ -150,6 +152,7 @@ class Run:
     gates: pd.DataFrame
     time_constants: pd.DataFrame
     jacobians: pd.DataFrame
+    connectivity: pd.DataFrame
     params: pd.DataFrame
 
     @property

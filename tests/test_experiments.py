@@ -70,6 +70,14 @@ def test_dtypes_and_values(small_run):
                                       "baseline_loss": pytest.approx(math.log(8))}  # fmt: skip
 
 
+def test_connectivity_of_the_trained_layer_at_the_last_step(small_run):
+    conn = small_run.connectivity
+    assert set(conn["step"]) == {7}
+    assert conn.groupby(["cell", "readout"]).size().tolist() == [36] * 4  # T x T per configuration
+    assert (conn.loc[conn["lag"] < 0, "norm"] == 0).all()  # h_t never depends on a later input
+    assert (conn.loc[conn["lag"] >= 0, "norm"] > 0).all()
+
+
 def test_run_summary(small_run):
     table = run_summary(small_run)
     assert list(table[["cell", "readout"]].itertuples(index=False, name=None)) == [
