@@ -146,8 +146,9 @@ def _story(run: Run) -> list[tuple[bool, str]]:
     """The seed's claims, checked on the run's own final numbers (nothing here is tuned)."""
     table = run_summary(run).set_index(["cell", "readout"])
     last = table.xs("last", level="readout")
-    rates = run.fits[(run.fits["step"] == run.config["steps"]) & (run.fits["batch"] == "probe")
-                     & (run.fits["quantity"] == "grad_x")].set_index(["cell", "readout"])["rate"]  # fmt: skip
+    fits = run.fits
+    rates = fits[(fits["step"] == run.config["steps"]) & (fits["batch"] == "probe") & (fits["layer"] == 0)
+                 & (fits["quantity"] == "grad_x")].set_index(["cell", "readout"])["rate"]  # fmt: skip
     return [
         (last["half_life"].idxmin() == "rnn",
          "the simple RNN has the shortest gradient half-life: "

@@ -17,7 +17,8 @@ After the last step, for sequences up to :data:`CONNECTIVITY_MAX_LEN`, the conne
 :math:`\lVert \partial h_t / \partial x_s \rVert` of the recurrent layer on the first
 ``jacobian_samples`` probe samples.
 
-The analysed layer is layer 0, whose ``grad_x`` is the gradient with respect to the task's inputs.
+Every layer is measured (columns ``layer`` and ``direction``); layer 0's ``grad_x`` is the gradient with
+respect to the task's inputs, the one the summaries and progress report.
 """
 
 from __future__ import annotations
@@ -189,24 +190,26 @@ def _meta(frame: pd.DataFrame, step: int, cell: str, readout: str, **extra: Any)
 
 
 def _measure_trace(trace: Trace, cell: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Curves, fits and gate statistics of layer 0 of the recorded ``rnn``."""
-    layer = trace.layer("rnn")
-    curves, fits = [], []
-    for quantity in ("grad_x", "grad_h", "grad_c") if cell == "lstm" else ("grad_x", "grad_h"):
-        curve = analysis.forgetting_curve(layer, quantity)
-        curves.append(curve.assign(quantity=quantity))
-        try:
-            fit = asdict(analysis.fit_forgetting(curve))
-        except ValueError:  # nothing above the floor: an all-zero gradient
-            fit = {"rate": math.nan, "half_life": math.nan, "horizon": None, "r2": math.nan}
-            fit |= {"regime": "undefined", "points": 0}
-        fits.append({"quantity": quantity, **fit})
-    stats = layer.to_frame()
-    gates = stats[stats["kind"] == "gate"].rename(columns={"quantity": "gate"})
+    """Curves, fits and gate statistics of every layer and direction of the recorded ``rnn``."""
+    curves, fits, gates = [], [], []
+    for _, index, direction in trace.keys():
+        layer = trace.layer("rnn", index, direction)
+        where = {"layer": index, "direction": direction}
+        for quantity in ("grad_x", "grad_h", "grad_c") if cell == "lstm" else ("grad_x", "grad_h"):
+            curve = analysis.forgetting_curve(layer, quantity)
+            curves.append(curve.assign(**where, quantity=quantity))
+            try:
+                fit = asdict(analysis.fit_forgetting(curve))
+            except ValueError:  # nothing above the floor: an all-zero gradient
+                fit = {"rate": math.nan, "half_life": math.nan, "horizon": None, "r2": math.nan}
+                fit |= {"regime": "undefined", "points": 0}
+            fits.append({**where, "quantity": quantity, **fit})
+        stats = layer.to_frame()
+        gates.append(stats[stats["kind"] == "gate"].rename(columns={"quantity": "gate"}).assign(**where))
     return (
-        pd.concat(curves, ignore_index=True)[["quantity", "t", "lag", "norm", "relative"]],
+        pd.concat(curves, ignore_index=True)[["layer", "direction", "quantity", "t", "lag", "norm", "relative"]],
         pd.DataFrame(fits).astype({"horizon": "Int64"}),
-        gates[["gate", "t", "mean", "q10", "q90", "saturated"]].reset_index(drop=True),
+        pd.concat(gates, ignore_index=True)[["layer", "direction", "gate", "t", "mean", "q10", "q90", "saturated"]],
     )
 
 
@@ -378,22 +381,25 @@ def _record_probe(
     writer.add("curves", _meta(curves, step, cell, readout, batch="probe"))
     writer.add("fits", _meta(fits, step, cell, readout, batch="probe"))
     writer.add("gates", _meta(gates, step, cell, readout, batch="probe"))
-    layer = rec.trace.layer("rnn")
-    if cell != "rnn":
-        writer.add("time_constants", _meta(analysis.gate_time_constants(layer), step, cell, readout))
     samples = list(range(config.jacobian_samples))
-    exponents = analysis.lyapunov_exponents(layer, samples=samples)
-    spectrum = analysis.jacobian_spectrum(layer, samples=samples)
-    largest = spectrum.loc[spectrum["k"] == 0, "singular_value"]
-    jac = pd.DataFrame(
-        {
-            "lyapunov_max": [float(exponents.groupby("sample")["exponent"].max().mean())],
-            "spectral_norm_mean": [float(largest.mean())],
-            "spectral_norm_max": [float(largest.max())],
-        }
-    )
-    writer.add("jacobians", _meta(jac, step, cell, readout))
-    return float(fits.loc[fits["quantity"] == "grad_x", "half_life"].item())
+    for _, index, direction in rec.trace.keys():
+        layer = rec.trace.layer("rnn", index, direction)
+        where = {"layer": index, "direction": direction}
+        if cell != "rnn":
+            writer.add("time_constants", _meta(analysis.gate_time_constants(layer), step, cell, readout, **where))
+        exponents = analysis.lyapunov_exponents(layer, samples=samples)
+        spectrum = analysis.jacobian_spectrum(layer, samples=samples)
+        largest = spectrum.loc[spectrum["k"] == 0, "singular_value"]
+        jac = pd.DataFrame(
+            {
+                "lyapunov_max": [float(exponents.groupby("sample")["exponent"].max().mean())],
+                "spectral_norm_mean": [float(largest.mean())],
+                "spectral_norm_max": [float(largest.max())],
+            }
+        )
+        writer.add("jacobians", _meta(jac, step, cell, readout, **where))
+    first = (fits["layer"] == 0) & (fits["direction"] == "forward") & (fits["quantity"] == "grad_x")
+    return float(fits.loc[first, "half_life"].item())
 
 
 def _record_metrics(
@@ -413,12 +419,16 @@ def _record_metrics(
     return test_loss
 
 
+def _first_layer(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[(frame["layer"] == 0) & (frame["direction"] == "forward")]
+
+
 def run_summary(run: Run) -> pd.DataFrame:
     """The first table of a run: one row per (cell, readout) at its last completed record step.
 
     Columns: ``cell``, ``readout``, ``step``, ``test_loss``, ``baseline_loss`` (the task's trivial
     predictor), ``loss_ratio`` (test / baseline: below 1 means something was learned), ``test_metric``,
-    ``gap`` (test − train loss), ``half_life``, ``horizon``, ``regime`` (of grad_x on the probe batch),
+    ``gap`` (test − train loss), ``half_life``, ``horizon``, ``regime`` (of grad_x of layer 0 on the probe batch),
     ``median_tau`` (NaN for the RNN, which has no gate), ``lyapunov_max``, ``parameters``.
     """
     if run.metrics.empty:
@@ -432,9 +442,9 @@ def run_summary(run: Run) -> pd.DataFrame:
         def select(frame: pd.DataFrame, cell: str = cell, readout: str = readout, step: int = step) -> pd.DataFrame:
             return frame[(frame["cell"] == cell) & (frame["readout"] == readout) & (frame["step"] == step)]
 
-        fit = select(run.fits)
+        fit = _first_layer(select(run.fits))
         fit = fit[(fit["batch"] == "probe") & (fit["quantity"] == "grad_x")].iloc[0]
-        taus = select(run.time_constants)["tau"]
+        taus = _first_layer(select(run.time_constants))["tau"]
         params = run.params[(run.params["cell"] == cell) & (run.params["readout"] == readout)]["parameters"]
         rows.append(
             {
@@ -450,7 +460,7 @@ def run_summary(run: Run) -> pd.DataFrame:
                 "horizon": fit["horizon"],
                 "regime": fit["regime"],
                 "median_tau": float(taus.median()) if len(taus) else math.nan,
-                "lyapunov_max": select(run.jacobians)["lyapunov_max"].item(),
+                "lyapunov_max": _first_layer(select(run.jacobians))["lyapunov_max"].item(),
                 "parameters": int(params.sum()),
             }
         )

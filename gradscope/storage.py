@@ -4,11 +4,12 @@ A run directory holds ``run.json`` and one Parquet file per table (:data:`TABLES
 
     run.json             format, config, versions, cells, status, error, timestamps, completed records
     metrics.parquet      step, cell, readout, split, loss, metric
-    curves.parquet       step, cell, readout, batch, quantity, t, lag, norm, relative
-    fits.parquet         step, cell, readout, batch, quantity, rate, half_life, horizon, r2, regime, points
-    gates.parquet        step, cell, readout, batch, gate, t, mean, q10, q90, saturated
-    time_constants.parquet  step, cell, readout, unit, keep, tau
-    jacobians.parquet    step, cell, readout, lyapunov_max, spectral_norm_mean, spectral_norm_max
+    curves.parquet       step, cell, readout, batch, layer, direction, quantity, t, lag, norm, relative
+    fits.parquet         step, cell, readout, batch, layer, direction, quantity, rate, half_life, horizon, r2,
+                         regime, points
+    gates.parquet        step, cell, readout, batch, layer, direction, gate, t, mean, q10, q90, saturated
+    time_constants.parquet  step, cell, readout, layer, direction, unit, keep, tau
+    jacobians.parquet    step, cell, readout, layer, direction, lyapunov_max, spectral_norm_mean, spectral_norm_max
     connectivity.parquet step, cell, readout, t, s, lag, norm   (the last step only, for T <= 200)
     params.parquet       cell, readout, module, parameters
 
@@ -37,11 +38,34 @@ __all__ = ["FORMAT", "TABLES", "Run", "RunWriter", "load_run", "load_runs"]
 FORMAT = "gradscope-run/1"
 TABLES: dict[str, tuple[str, ...]] = {
     "metrics": ("step", "cell", "readout", "split", "loss", "metric"),
-    "curves": ("step", "cell", "readout", "batch", "quantity", "t", "lag", "norm", "relative"),
-    "fits": ("step", "cell", "readout", "batch", "quantity", "rate", "half_life", "horizon", "r2", "regime", "points"),
-    "gates": ("step", "cell", "readout", "batch", "gate", "t", "mean", "q10", "q90", "saturated"),
-    "time_constants": ("step", "cell", "readout", "unit", "keep", "tau"),
-    "jacobians": ("step", "cell", "readout", "lyapunov_max", "spectral_norm_mean", "spectral_norm_max"),
+    "curves": ("step", "cell", "readout", "batch", "layer", "direction", "quantity", "t", "lag", "norm", "relative"),
+    "fits": (
+        "step",
+        "cell",
+        "readout",
+        "batch",
+        "layer",
+        "direction",
+        "quantity",
+        "rate",
+        "half_life",
+        "horizon",
+        "r2",
+        "regime",
+        "points",
+    ),
+    "gates": ("step", "cell", "readout", "batch", "layer", "direction", "gate", "t", "mean", "q10", "q90", "saturated"),
+    "time_constants": ("step", "cell", "readout", "layer", "direction", "unit", "keep", "tau"),
+    "jacobians": (
+        "step",
+        "cell",
+        "readout",
+        "layer",
+        "direction",
+        "lyapunov_max",
+        "spectral_norm_mean",
+        "spectral_norm_max",
+    ),
     "connectivity": ("step", "cell", "readout", "t", "s", "lag", "norm"),
     "params": ("cell", "readout", "module", "parameters"),
 }

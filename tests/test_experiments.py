@@ -112,6 +112,16 @@ def test_every_configuration_sees_the_same_data_and_initialisation(tmp_path):
     )
 
 
+def test_every_layer_is_measured(tmp_path):
+    run = compare("adding", 5, cells=("lstm",), num_layers=2, steps=2, record_every=2, out=tmp_path / "r", **SMALL)
+    for name in ("curves", "fits", "gates", "time_constants", "jacobians"):
+        frame = getattr(run, name)
+        assert set(frame["layer"]) == {0, 1} and set(frame["direction"]) == {"forward"}, name
+    table = run_summary(run)  # reports layer 0, whose grad_x is the gradient with respect to the inputs
+    fits = run.fits[(run.fits["layer"] == 0) & (run.fits["batch"] == "probe") & (run.fits["quantity"] == "grad_x")]
+    assert table.loc[0, "half_life"] == fits[fits["step"] == 2]["half_life"].item()
+
+
 def test_clipping_and_finite_training_sets_run(tmp_path):
     run = compare("copy", 4, cells=("rnn",), steps=3, record_every=3, clip=0.5, train_size=16,
                   out=tmp_path / "copy", **SMALL)  # fmt: skip
