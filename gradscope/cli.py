@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import sys
+import threading
 import time
+import webbrowser
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -161,6 +164,34 @@ def _story(run: Run) -> list[tuple[bool, str]]:
     ]  # fmt: skip
 
 
+def _serve(root: Path, host: str, port: int, open_browser: bool, debug: bool, query: str = "") -> int:
+    """Serve the dashboard over the runs under ``root`` until interrupted."""
+    from gradscope_dashboard import create_app  # imported here: Dash is only needed to serve
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        print(f"warning: serving on {host}, not a loopback address: anyone who can reach it can read the runs "
+              f"under {root}", file=sys.stderr)  # fmt: skip
+    try:
+        app = create_app(root)
+    except ValueError as error:
+        print(f"gradscope dashboard: error: {error}", file=sys.stderr)
+        return 2
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/{query}"
+    print(f"gradscope dashboard: {url}  (runs under {root.resolve()}; Ctrl-C stops it)", flush=True)
+    if open_browser:
+        threading.Timer(1.0, webbrowser.open, [url]).start()
+    app.run(host=host, port=port, debug=debug)
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    return _serve(args.runs_root, args.host, args.port, args.open, args.debug)
+
+
 def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print("gradscope demo: RNN, GRU and LSTM (last state, and max pooling) on the adding problem, T=50")
@@ -171,7 +202,15 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  [{'yes' if holds else 'NO'}] {claim}")
     print(f"\n{time.monotonic() - started:.0f} s; the run is in {run.path}/ "
           f"(load it with gradscope.load_run({str(run.path)!r}))")  # fmt: skip
-    return 0
+    if args.no_serve:
+        return 0
+    return _serve(run.path.parent, args.host, args.port, args.open, False, query=f"?runs={run.path.name}")
+
+
+def _serving_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    parser.add_argument("--open", action="store_true", help="open the dashboard in a web browser")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -213,11 +252,24 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="the main job: a compact RNN / GRU / LSTM comparison, its summary, and where to look next",
+        help="the main job: a compact RNN / GRU / LSTM comparison, its summary, then the dashboard",
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    demo.add_argument("--no-serve", action="store_true", help="do not serve the dashboard afterwards")
+    _serving_options(demo)
     demo.set_defaults(handler=_demo)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the dashboard over the run directories under RUNS_ROOT",
+        description="Compare runs in the browser. Only run directories directly under RUNS_ROOT are read.",
+    )
+    dashboard.add_argument("runs_root", nargs="?", type=Path, default=Path("runs"), metavar="RUNS_ROOT",
+                           help="folder holding run directories (default ./runs)")  # fmt: skip
+    _serving_options(dashboard)
+    dashboard.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, error pages)")
+    dashboard.set_defaults(handler=_dashboard)
     return parser
 
 

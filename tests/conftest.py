@@ -49,3 +49,29 @@ def weighted_loss(output, final, seed: int = 2):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def runs_root(tmp_path_factory):
+    """A folder of runs for the dashboard: two real runs, a failed one and a damaged one.
+
+    ``alpha``: recall, T=6, rnn/gru/lstm with the last state and lstm with max pooling, 2 layers.
+    ``beta``: adding, T=5, gru and lstm. ``failed``: a run whose status is failed. ``broken``: a
+    damaged run.json.
+    """
+    import json
+
+    from gradscope.experiments import compare
+
+    root = tmp_path_factory.mktemp("dashboard-runs")
+    small = dict(hidden_size=8, batch_size=8, eval_size=32, probe_size=8, jacobian_samples=2)
+    readouts = {"rnn": ["last"], "gru": ["last"], "lstm": ["last", "max"]}
+    compare("recall", 6, readouts=readouts, num_layers=2, steps=4, record_every=2, out=root / "alpha", **small)
+    compare("adding", 5, cells=("gru", "lstm"), steps=4, record_every=2, out=root / "beta", seed=1, **small)
+    compare("adding", 5, cells=("rnn",), steps=2, record_every=2, out=root / "failed", **small)
+    info = json.loads((root / "failed" / "run.json").read_text())
+    info.update(status="failed", error="RuntimeError: simulated")
+    (root / "failed" / "run.json").write_text(json.dumps(info))
+    (root / "broken").mkdir()
+    (root / "broken" / "run.json").write_text("{not json")
+    return root
