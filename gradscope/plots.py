@@ -357,10 +357,12 @@ def _line(
         marker["line"] = {"width": 2, "color": series.color}
     elif not markers and series.marked:
         marker["maxdisplayed"] = 30  # dense curves: enough markers to tell runs apart
+    if not infinite.any():  # hover formats the numbers itself: no per-point strings to build and send
+        hover = hover.replace("%{text}", "%{y:.4~g}")
     return go.Scatter(
         x=np.asarray(x),
         y=shown,
-        text=[_format(v) for v in y],
+        text=[_format(v) for v in y] if infinite.any() else None,
         mode="lines+markers" if size or infinite.any() else "lines",
         name=name or series.name,
         line={"color": series.color, "dash": series.dash, "width": 2},
@@ -507,10 +509,10 @@ def _log_heatmap(
         x=grid.columns.to_numpy(),
         y=grid.index.to_numpy(),
         z=z,
-        text=[[_format(v) for v in row] for row in values],
+        customdata=values,
         colorscale="Viridis",
         colorbar={"title": {"text": label}, **_log_ticks(z)},
-        hovertemplate=hover + "<extra></extra>",
+        hovertemplate=hover.replace("%{text}", "%{customdata:.4~g}") + "<extra></extra>",
     )
 
 

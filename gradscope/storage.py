@@ -249,13 +249,13 @@ def load_run(path: str | os.PathLike) -> Run:
     status = info["status"]
     if status == "running" and info.get("host") == socket.gethostname() and not _process_alive(info.get("pid", -1)):
         status = "interrupted"
-    done = {(r["cell"], r["readout"], r["step"]) for r in info["completed"]}
+    keys = ["cell", "readout", "step"]
+    done = pd.MultiIndex.from_tuples([tuple(r[k] for k in keys) for r in info["completed"]], names=keys)
     tables = {}
     for name in TABLES:
         frame = _read_table(path, name)
         if "step" in frame.columns and len(frame):
-            keys = zip(frame["cell"], frame["readout"], frame["step"], strict=True)
-            frame = frame[[key in done for key in keys]].reset_index(drop=True)
+            frame = frame[pd.MultiIndex.from_frame(frame[keys]).isin(done)].reset_index(drop=True)
         tables[name] = frame
     return Run(path=path, info=info, status=status, **tables)
 

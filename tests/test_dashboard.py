@@ -9,6 +9,8 @@ import time
 
 import plotly.graph_objects as go
 import pytest
+
+from gradscope import cli
 from gradscope_dashboard import create_app
 from gradscope_dashboard.app import (
     _initial,
@@ -21,8 +23,6 @@ from gradscope_dashboard.app import (
     render_memory,
 )
 from gradscope_dashboard.data import RunStore, combine
-
-from gradscope import cli
 
 CONFIGS = ["rnn/last", "gru/last", "lstm/last", "lstm/max"]
 
@@ -111,7 +111,10 @@ def test_render_memory_follows_the_controls(runs_root):
 def test_render_other_panels(runs_root):
     loaded = RunStore(runs_root).load(["alpha", "beta"])
     configs = CONFIGS
-    gates, keep, saturation = render_gates(loaded, configs, None, 0, "forward", "probe", "dark")
+    gates, keep, saturation = (
+        render_gates(loaded, which, configs, None, 0, "forward", "probe", "dark")
+        for which in ("profiles", "keep", "saturation")
+    )
     assert len(gates.data) > 0 and len(keep.data) > 0 and len(saturation.data) > 0
     assert (
         keep.layout.template.layout.paper_bgcolor
@@ -126,7 +129,7 @@ def test_render_other_panels(runs_root):
     assert isinstance(heat.data[0], go.Heatmap) and isinstance(conn.data[0], go.Heatmap)
     none, _ = render_heatmaps(loaded, None, "grad_x", 0, "forward", "probe", "light")
     assert len(none.data) == 0
-    rnn_only = render_gates(loaded, ["rnn/last"], None, 0, "forward", "probe", "light")[0]
+    rnn_only = render_gates(loaded, "profiles", ["rnn/last"], None, 0, "forward", "probe", "light")
     assert len(rnn_only.data) == 0 and "no gated cell" in rnn_only.layout.annotations[0].text
 
 

@@ -8,8 +8,9 @@ import shutil
 
 import pytest
 from dash.testing.wait import until
-from gradscope_dashboard import create_app, ids
 from selenium.webdriver.common.keys import Keys
+
+from gradscope_dashboard import create_app, ids
 
 GRAPH_JS = """
 const el = document.querySelector('#' + arguments[0] + ' .js-plotly-plot');

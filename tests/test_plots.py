@@ -648,7 +648,8 @@ def test_connectivity_heatmap_s_against_t_at_the_last_step():
     assert z[2, 1] == pytest.approx(math.log10(7 * 0.5))  # t = 2, s = 1 at step 7, the last
     assert np.isnan(z[0, 1]) and np.isnan(z[1, 3])  # s > t: structurally zero, left blank
     assert z[3, 0] == pytest.approx(math.log10(7 * plots.LOG_FLOOR))  # a vanished dependence is floored
-    assert heatmap.text[3][0] == "0"
+    assert np.asarray(heatmap.customdata, dtype=float)[3, 0] == 0  # hover shows the stored value, not the floor
+    assert "%{customdata" in heatmap.hovertemplate
     assert (
         fig.layout.xaxis.title.text == "input step s (step)" and fig.layout.yaxis.title.text == "output step t (step)"
     )

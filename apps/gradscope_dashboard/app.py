@@ -20,7 +20,7 @@ from gradscope import analysis, plots
 from gradscope.experiments import run_summary
 from gradscope.tasks import make_task
 from gradscope_dashboard import ids
-from gradscope_dashboard.data import Loaded, RunStore, combine
+from gradscope_dashboard.data import Loaded, RunStore, combine, select
 
 __all__ = [
     "DEFAULTS",
@@ -57,19 +57,6 @@ def _assets_folder() -> str:
 
 def _config_key(cell: str, readout: str) -> str:
     return f"{cell}/{readout}"
-
-
-def _select(frame: pd.DataFrame, configs: list[str] | None, layer: int | None = None, direction: str | None = None):
-    """Rows of the chosen configurations (and layer and direction, where the table has them)."""
-    if frame.empty:
-        return frame
-    keys = frame["cell"].astype(str) + "/" + frame["readout"].astype(str)
-    mask = keys.isin(configs or [])
-    if layer is not None and "layer" in frame:
-        mask &= frame["layer"] == int(layer)
-    if direction is not None and "direction" in frame:
-        mask &= frame["direction"] == direction
-    return frame[mask].reset_index(drop=True)
 
 
 def _empty(message: str, theme: str) -> go.Figure:
@@ -126,8 +113,9 @@ def render_memory(
     yscale: str, batch: str, theme: str,
 ) -> tuple[go.Figure, go.Figure]:  # fmt: skip
     """Forgetting curves at the chosen step, and half-life over training."""
-    curves = _select(combine(loaded.runs, "curves"), configs, layer, direction)
-    fits = _select(combine(loaded.runs, "fits"), configs, layer, direction)
+    where = {"layer": layer, "direction": direction, "batch": batch, "quantity": quantity}
+    curves = combine(loaded.runs, "curves", configs, step=step, **where)
+    fits = combine(loaded.runs, "fits", configs, **where)
     if curves.empty:
         return _empty("no run selected", theme), _empty("no run selected", theme)
     return (
@@ -146,8 +134,8 @@ def render_heatmaps(
     run_name, key = heatmap_config.split("|")
     runs = [run for run in loaded.runs if run.name == run_name]
     cell, _, readout = key.partition("/")
-    curves = _select(combine(runs, "curves"), [key], layer, direction)
-    connectivity = _select(combine(runs, "connectivity"), [key])
+    curves = combine(runs, "curves", [key], layer=layer, direction=direction, batch=batch, quantity=quantity)
+    connectivity = combine(runs, "connectivity", [key])
     heatmap = (
         plots.forgetting_heatmap(curves, cell=cell, readout=readout, quantity=quantity, batch=batch, theme=theme)
         if not curves.empty
@@ -161,27 +149,27 @@ def render_heatmaps(
     return heatmap, conn
 
 
+GATE_FIGURES = {"profiles": plots.gate_profiles, "keep": plots.keep_fraction, "saturation": plots.gate_saturation}
+
+
 def render_gates(
-    loaded: Loaded, configs: list[str], step: int | None, layer: int, direction: str, batch: str, theme: str
-) -> tuple[go.Figure, go.Figure, go.Figure]:
-    """Gate means with their 10–90 % band, the kept fraction of every cell, and saturation."""
-    gates = _select(combine(loaded.runs, "gates"), configs, layer, direction)
+    loaded: Loaded, which: str, configs: list[str], step: int | None, layer: int, direction: str, batch: str,
+    theme: str,
+) -> go.Figure:  # fmt: skip
+    """One gate figure: ``"profiles"`` (means with their 10–90 % band), ``"keep"`` (the kept fraction of
+    every cell on one axis) or ``"saturation"``. Each has its own callback, so each redraws alone."""
+    gates = combine(loaded.runs, "gates", configs, step=step, batch=batch, layer=layer, direction=direction)
     if gates.empty:
-        empty = _empty("no gated cell selected (the simple RNN has no gates)", theme)
-        return empty, empty, empty
-    return (
-        plots.gate_profiles(gates, step=step, batch=batch, theme=theme),
-        plots.keep_fraction(gates, step=step, batch=batch, theme=theme),
-        plots.gate_saturation(gates, step=step, batch=batch, theme=theme),
-    )
+        return _empty("no gated cell selected (the simple RNN has no gates)", theme)
+    return GATE_FIGURES[which](gates, step=step, batch=batch, theme=theme)
 
 
 def render_dynamics(
     loaded: Loaded, configs: list[str], step: int | None, layer: int, direction: str, theme: str
 ) -> tuple[go.Figure, go.Figure]:
     """Time constants τ per unit, and Jacobian summaries over training."""
-    taus = _select(combine(loaded.runs, "time_constants"), configs, layer, direction)
-    jacobians = _select(combine(loaded.runs, "jacobians"), configs, layer, direction)
+    taus = combine(loaded.runs, "time_constants", configs, step=step, layer=layer, direction=direction)
+    jacobians = combine(loaded.runs, "jacobians", configs, layer=layer, direction=direction)
     return (
         plots.time_constant_histogram(taus, step=step, theme=theme)
         if not taus.empty
@@ -203,7 +191,7 @@ def render_learning(
     loaded: Loaded, configs: list[str], theme: str
 ) -> tuple[go.Figure, go.Figure, go.Figure, go.Figure]:
     """Learning curves with the task baseline, the generalisation gap, parameter counts, summary table."""
-    metrics = _select(combine(loaded.runs, "metrics"), configs)
+    metrics = combine(loaded.runs, "metrics", configs)
     if metrics.empty:
         empty = _empty("no run selected", theme)
         return empty, empty, empty, empty
@@ -215,7 +203,7 @@ def render_learning(
             summaries.append(run_summary(run).assign(run=run.name))
     summary = pd.concat(summaries, ignore_index=True)
     summary = summary[["run", *summary.columns[:-1]]]
-    summary = _select(summary, configs)
+    summary = select(summary, configs).reset_index(drop=True)
     return (
         plots.learning_curves(metrics, baseline=baseline, theme=theme),
         plots.generalisation_gap(metrics, theme=theme),
@@ -445,14 +433,16 @@ def create_app(runs_root: str | Path) -> dash.Dash:
     def _heatmaps(runs, heatmap, quantity, layer, direction, batch, theme, _tick):
         return render_heatmaps(store.load(runs), heatmap, quantity, layer, direction, batch, theme)
 
-    @app.callback(
-        Output(ids.GATES, "figure"), Output(ids.KEEP, "figure"), Output(ids.SATURATION, "figure"),
-        Input(ids.RUNS, "value"), Input(ids.CONFIGS, "value"), Input(ids.STEP, "value"),
-        Input(ids.LAYER, "value"), Input(ids.DIRECTION, "value"), Input(ids.BATCH, "value"),
-        Input(ids.THEME, "value"), tick,
-    )  # fmt: skip
-    def _gates(runs, configs, step, layer, direction, batch, theme, _tick):
-        return render_gates(store.load(runs), configs, step, layer, direction, batch, theme)
+    for which, graph_id in (("profiles", ids.GATES), ("keep", ids.KEEP), ("saturation", ids.SATURATION)):
+
+        @app.callback(
+            Output(graph_id, "figure"),
+            Input(ids.RUNS, "value"), Input(ids.CONFIGS, "value"), Input(ids.STEP, "value"),
+            Input(ids.LAYER, "value"), Input(ids.DIRECTION, "value"), Input(ids.BATCH, "value"),
+            Input(ids.THEME, "value"), tick,
+        )  # fmt: skip
+        def _gates(runs, configs, step, layer, direction, batch, theme, _tick, which=which):
+            return render_gates(store.load(runs), which, configs, step, layer, direction, batch, theme)
 
     @app.callback(
         Output(ids.TAU, "figure"), Output(ids.JACOBIANS, "figure"),
