@@ -192,6 +192,32 @@ def _dashboard(args: argparse.Namespace) -> int:
     return _serve(args.runs_root, args.host, args.port, args.open, args.debug)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from gradscope.report import write_report, write_static
+
+    try:
+        path = write_report(args.runs, args.output, theme=args.theme)
+    except ValueError as error:
+        print(f"gradscope report: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if args.static is not None:
+        from gradscope.storage import load_run
+
+        runs = []
+        for item in args.runs:
+            try:
+                runs.append(load_run(item))
+            except ValueError:
+                continue  # write_report has already said so
+        result = write_static(runs, args.static, theme=args.theme)
+        for file in result.files:
+            print(f"wrote {file}")
+        if result.problem:
+            print(f"gradscope report: static images not written: {result.problem}", file=sys.stderr)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print("gradscope demo: RNN, GRU and LSTM (last state, and max pooling) on the adding problem, T=50")
@@ -259,6 +285,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-serve", action="store_true", help="do not serve the dashboard afterwards")
     _serving_options(demo)
     demo.set_defaults(handler=_demo)
+
+    report = commands.add_parser(
+        "report",
+        help="write one self-contained HTML report of one or more runs",
+        description="The dashboard's figures, the summary, each run's configuration and what every metric "
+        "means, in one HTML file that opens offline.",
+    )
+    report.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories")
+    report.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="file (default report.html)")
+    report.add_argument("--theme", choices=["light", "dark"], default="light")
+    report.add_argument("--static", type=Path, metavar="DIR",
+                        help="also write each figure as PNG and SVG into DIR (needs kaleido and Chromium)")  # fmt: skip
+    report.set_defaults(handler=_report)
 
     dashboard = commands.add_parser(
         "dashboard",

@@ -41,7 +41,16 @@ from gradscope.storage import TABLES, Run, RunWriter, load_run
 from gradscope.tasks import Task, make_task
 from gradscope.trace import Trace
 
-__all__ = ["CELLS", "FORGET_BIAS", "READOUTS", "SequenceModel", "compare", "init_forget_bias", "run_summary"]
+__all__ = [
+    "CELLS",
+    "FORGET_BIAS",
+    "READOUTS",
+    "SequenceModel",
+    "compare",
+    "init_forget_bias",
+    "run_parameter_counts",
+    "run_summary",
+]
 
 CELLS = {"rnn": RNN, "gru": GRU, "lstm": LSTM}
 READOUTS = ("last", "max", "mean", "sequence")
@@ -465,3 +474,11 @@ def run_summary(run: Run) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def run_parameter_counts(run: Run, seq_lens: Sequence[int] = (10, 30, 100, 300, 1000, 3000)) -> pd.DataFrame:
+    """:func:`gradscope.analysis.parameter_counts` for a run's sizes, over ``seq_lens`` and its own length."""
+    config = run.config
+    task = make_task(config["task"], config["seq_len"], **config["task_options"])
+    lengths = sorted({*seq_lens, task.length})
+    return analysis.parameter_counts(task.input_size, config["hidden_size"], lengths, config["num_layers"])

@@ -31,9 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["FORMAT", "TABLES", "Run", "RunWriter", "load_run", "load_runs"]
+__all__ = ["FORMAT", "TABLES", "Run", "RunWriter", "combine_runs", "load_run", "load_runs", "select_rows"]
 
 FORMAT = "gradscope-run/1"
 TABLES: dict[str, tuple[str, ...]] = {
@@ -269,3 +270,33 @@ def load_runs(root: str | os.PathLike) -> list[Run]:
     if not root.is_dir():
         raise ValueError(f"{root} is not a directory")
     return [load_run(child) for child in sorted(root.iterdir()) if (child / "run.json").is_file()]
+
+
+def select_rows(frame: pd.DataFrame, configs: list[str] | None = None, **equal: object) -> pd.DataFrame:
+    """Rows of ``frame`` whose ``cell/readout`` is in ``configs`` (None: all) and whose columns equal ``equal``.
+
+    A None value, or a column the frame lacks, does not filter.
+    """
+    mask = np.ones(len(frame), dtype=bool)
+    if configs is not None:
+        chosen = np.zeros(len(frame), dtype=bool)
+        for key in configs:
+            cell, _, readout = key.partition("/")
+            chosen |= ((frame["cell"] == cell) & (frame["readout"] == readout)).to_numpy(dtype=bool)
+        mask &= chosen
+    for column, value in equal.items():
+        if value is not None and column in frame:
+            mask &= (frame[column] == value).to_numpy(dtype=bool)
+    return frame[mask]
+
+
+def combine_runs(runs: list[Run], table: str, configs: list[str] | None = None, **equal: object) -> pd.DataFrame:
+    """One table of several runs, filtered as :func:`select_rows` does, with a leading ``run`` column.
+
+    Filtering each run's table before joining them keeps the work proportional to what is shown.
+    """
+    frames = [select_rows(getattr(run, table), configs, **equal).assign(run=run.name) for run in runs]
+    columns = ["run", *TABLES[table]]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]

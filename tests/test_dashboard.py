@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import pytest
 
 from gradscope import cli
+from gradscope.storage import combine_runs as combine
 from gradscope_dashboard import create_app
 from gradscope_dashboard.app import (
     _initial,
@@ -22,7 +23,7 @@ from gradscope_dashboard.app import (
     render_learning,
     render_memory,
 )
-from gradscope_dashboard.data import RunStore, combine
+from gradscope_dashboard.data import RunStore
 
 CONFIGS = ["rnn/last", "gru/last", "lstm/last", "lstm/max"]
 
@@ -81,6 +82,7 @@ def test_control_state(runs_root):
     assert state["run_options"] == ["alpha", "beta", "broken", "failed"]
     assert state["config_options"] == CONFIGS
     assert state["configs"] == ["lstm/max"]  # the valid part of the current choice is kept
+    assert state["heatmap_options"] == [f"alpha|{c}" for c in CONFIGS]
     assert state["steps"] == [0, 2, 4] and state["layers"] == [0, 1] and state["directions"] == ["forward"]
     assert len(state["messages"]) == 1 and state["live"] is False
     assert control_state(RunStore(runs_root), ["alpha"], [])["configs"] == CONFIGS
@@ -171,3 +173,15 @@ def test_cli_dashboard_warns_off_loopback_and_keeps_debug_off(runs_root, monkeyp
     assert "not a loopback address" in capsys.readouterr().err
     assert cli.main(["dashboard", str(runs_root / "nothing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_export_report_is_the_report_of_the_selection(runs_root):
+    from gradscope_dashboard.app import export_report
+
+    download = export_report(RunStore(runs_root), ["alpha", "broken"], ["lstm/max"], "dark")
+    assert download["filename"] == "gradscope-report.html"
+    document = download["content"]
+    assert document.count('id="plotly-js-gzip"') == 1 and '<body class="dark">' in document
+    assert document.count('data-column="cell"') == 1  # the one configuration selected
+    assert "skipped: broken: damaged run" in document
+    assert export_report(RunStore(runs_root), [], None, "light") is None

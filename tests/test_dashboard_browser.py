@@ -179,3 +179,16 @@ def test_failed_and_damaged_runs_show_a_message_and_the_others_work(dash_duo, ru
     assert len(graph(dash_duo, ids.CURVES)["names"]) == 4  # alpha's at its last step (the failed run stopped before)
     graph(dash_duo, ids.LEARNING, lambda g: g and any(name.startswith("failed") for name in g["names"]))
     assert "Traceback" not in dash_duo.find_element("body").text
+
+
+def test_export_report_button_downloads_the_report(dash_duo, runs_root):
+    open_page(dash_duo, runs_root, "?runs=beta")
+    graph(dash_duo, ids.CURVES)
+    dash_duo.find_element(f"#{ids.EXPORT}").click()
+    download = dash_duo.download_path if hasattr(dash_duo, "download_path") else None
+    if download is None:
+        pytest.skip("this dash.testing has no download folder")
+    target = os.path.join(download, "gradscope-report.html")
+    until(lambda: os.path.exists(target) and os.path.getsize(target) > 1_000_000, timeout=30)
+    with open(target, encoding="utf-8") as handle:
+        assert 'id="plotly-js-gzip"' in handle.read()

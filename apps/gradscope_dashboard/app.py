@@ -16,16 +16,19 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html
 
-from gradscope import analysis, plots
-from gradscope.experiments import run_summary
-from gradscope.tasks import make_task
+from gradscope import plots
+from gradscope.experiments import run_parameter_counts, run_summary
+from gradscope.report import render_report
+from gradscope.storage import combine_runs as combine
+from gradscope.storage import select_rows as select
 from gradscope_dashboard import ids
-from gradscope_dashboard.data import Loaded, RunStore, combine, select
+from gradscope_dashboard.data import Loaded, RunStore
 
 __all__ = [
     "DEFAULTS",
     "control_state",
     "create_app",
+    "export_report",
     "render_dynamics",
     "render_gates",
     "render_heatmaps",
@@ -74,17 +77,20 @@ def control_state(store: RunStore, selected: list[str] | None, configs: list[str
     """What the controls can offer for the selected runs, and which messages to show.
 
     Returns a dict with ``run_options``, ``config_options``, ``configs`` (the current choice kept,
-    or every configuration when nothing valid is chosen), ``steps``, ``layers``, ``directions``,
+    or every configuration when nothing valid is chosen), ``heatmap_options`` (``run|cell/readout``),
+    ``steps``, ``layers``, ``directions``,
     ``messages`` and ``live`` (whether a selected run is still being written).
     """
     loaded = store.load(selected)
     available: list[str] = []
+    heatmaps: list[str] = []
     steps: set[int] = set()
     layers: set[int] = {0}
     directions: set[str] = {"forward"}
     for run in loaded.runs:
         for cell, readout in run.params[["cell", "readout"]].drop_duplicates().itertuples(index=False):
             key = _config_key(cell, readout)
+            heatmaps.append(f"{run.name}|{key}")
             if key not in available:
                 available.append(key)
         steps.update(int(s) for s in run.metrics["step"].unique())
@@ -100,6 +106,7 @@ def control_state(store: RunStore, selected: list[str] | None, configs: list[str
         "run_options": store.names(),
         "config_options": available,
         "configs": kept or available,
+        "heatmap_options": heatmaps,
         "steps": sorted(steps),
         "layers": sorted(layers),
         "directions": sorted(directions),
@@ -178,15 +185,6 @@ def render_dynamics(
     )
 
 
-def _parameter_counts(loaded: Loaded) -> pd.DataFrame:
-    """Counts for the first selected run's sizes over sequence lengths around its own."""
-    run = loaded.runs[0]
-    config = run.config
-    task = make_task(config["task"], config["seq_len"], **config["task_options"])
-    lengths = sorted({10, 30, 100, 300, 1000, 3000, task.length})
-    return analysis.parameter_counts(task.input_size, config["hidden_size"], lengths, config["num_layers"])
-
-
 def render_learning(
     loaded: Loaded, configs: list[str], theme: str
 ) -> tuple[go.Figure, go.Figure, go.Figure, go.Figure]:
@@ -207,7 +205,7 @@ def render_learning(
     return (
         plots.learning_curves(metrics, baseline=baseline, theme=theme),
         plots.generalisation_gap(metrics, theme=theme),
-        plots.parameter_growth(_parameter_counts(loaded), theme=theme),
+        plots.parameter_growth(run_parameter_counts(loaded.runs[0]), theme=theme),
         plots.summary_table(summary, theme=theme),
     )
 
@@ -280,6 +278,9 @@ def _controls(state: dict[str, Any], store: RunStore | None) -> list:
                                                 marks={})], className="wide"),
         html.Label(["Heatmaps of", dcc.Dropdown(id=ids.HEATMAP_CONFIG, options=[], value=state["heatmap"],
                                                 clearable=False)]),
+        html.Button("Export report", id=ids.EXPORT, className="button", title="one offline HTML file of this "
+                    "selection"),
+        dcc.Download(id=ids.DOWNLOAD),
     ]  # fmt: skip
 
 
@@ -404,9 +405,7 @@ def create_app(runs_root: str | Path) -> dash.Dash:
         state = control_state(store, runs, configs)
         steps = state["steps"] or [0]
         marks = {int(s): str(s) for s in steps}
-        loaded = store.load(runs)
-        heat_options = [f"{run.name}|{c}" for run in loaded.runs for c in state["config_options"]
-                        if c in set(run.params["cell"] + "/" + run.params["readout"])]  # fmt: skip
+        heat_options = state["heatmap_options"]
         heatmap = heatmap if heatmap in heat_options else (heat_options[0] if heat_options else None)
         messages = [html.P(m, className="message") for m in [*(refused or []), *state["messages"]]]
         step = step if step in steps else max(steps)  # the chosen step stays; none chosen: the latest
@@ -460,4 +459,21 @@ def create_app(runs_root: str | Path) -> dash.Dash:
     def _learning(runs, configs, theme, _tick):
         return render_learning(store.load(runs), configs, theme)
 
+    @app.callback(
+        Output(ids.DOWNLOAD, "data"), Input(ids.EXPORT, "n_clicks"),
+        State(ids.RUNS, "value"), State(ids.CONFIGS, "value"), State(ids.THEME, "value"),
+        prevent_initial_call=True,
+    )  # fmt: skip
+    def _export(_clicks, runs, configs, theme):
+        return export_report(store, runs, configs, theme)
+
     return app
+
+
+def export_report(store: RunStore, runs: list[str] | None, configs: list[str] | None, theme: str) -> dict | None:
+    """The offline report of the current selection, as a download (the same file ``gradscope report`` writes)."""
+    loaded = store.load(runs)
+    if not loaded.runs:
+        return None
+    document = render_report(loaded.runs, theme=theme, configs=configs, skipped=loaded.errors)
+    return dcc.send_string(document, "gradscope-report.html")

@@ -7,12 +7,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from gradscope.storage import TABLES, Run, load_run
 
-__all__ = ["Loaded", "RunStore", "combine", "select"]
+__all__ = ["Loaded", "RunStore"]
 
 
 @dataclass(frozen=True)
@@ -99,33 +96,3 @@ def _categorical(run: Run) -> Run:
         text = [c for c in frame.columns if c in ("cell", "readout", "batch", "direction", "quantity", "gate", "split")]
         tables[table] = frame.astype({c: "category" for c in text})
     return dataclasses.replace(run, **tables)
-
-
-def select(frame: pd.DataFrame, configs: list[str] | None = None, **equal: object) -> pd.DataFrame:
-    """Rows of ``frame`` whose ``cell/readout`` is in ``configs`` (None: all) and whose columns equal ``equal``.
-
-    A None value, or a column the frame lacks, does not filter.
-    """
-    mask = np.ones(len(frame), dtype=bool)
-    if configs is not None:
-        chosen = np.zeros(len(frame), dtype=bool)
-        for key in configs:
-            cell, _, readout = key.partition("/")
-            chosen |= ((frame["cell"] == cell) & (frame["readout"] == readout)).to_numpy(dtype=bool)
-        mask &= chosen
-    for column, value in equal.items():
-        if value is not None and column in frame:
-            mask &= (frame[column] == value).to_numpy(dtype=bool)
-    return frame[mask]
-
-
-def combine(runs: list[Run], table: str, configs: list[str] | None = None, **equal: object) -> pd.DataFrame:
-    """One table of several runs, filtered as :func:`select` does, with a leading ``run`` column.
-
-    Filtering each run's table before joining them keeps the work proportional to what is shown.
-    """
-    frames = [select(getattr(run, table), configs, **equal).assign(run=run.name) for run in runs]
-    columns = ["run", *TABLES[table]]
-    if not frames:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(frames, ignore_index=True)[columns]

@@ -16,6 +16,8 @@ THEME = "theme"
 HEATMAP_CONFIG = "heatmap-config"
 INTERVAL = "refresh"
 MESSAGES = "messages"
+EXPORT = "export-report"
+DOWNLOAD = "download-report"
 
 CURVES = "graph-curves"
 HALF_LIFE = "graph-half-life"
