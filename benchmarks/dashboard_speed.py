@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _timing import timed
 
 from gradscope.storage import TABLES, RunWriter
 from gradscope_dashboard.app import (
@@ -83,12 +83,6 @@ def synthetic_run(path: Path, steps: int, seq_len: int, hidden: int, seed: int) 
     writer.finish("completed")
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -122,10 +116,8 @@ def main() -> None:
             }  # fmt: skip
 
         cold = RunStore(root)
-        first = {name: _timed(fn) for name, fn in callbacks(cold).items()}
-        warm = {
-            name: statistics.median(_timed(fn) for _ in range(args.repeats)) for name, fn in callbacks(cold).items()
-        }
+        first = {name: timed(fn) for name, fn in callbacks(cold).items()}
+        warm = {name: statistics.median(timed(fn) for _ in range(args.repeats)) for name, fn in callbacks(cold).items()}
     size = f"{args.runs} runs × 3 cells × T = {args.seq_len} × {args.steps} record steps"
     print(f"dashboard callbacks, server side, {size}")
     print(f"first render (every callback, cold, one after another): {sum(first.values()):.2f} s")

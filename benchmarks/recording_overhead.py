@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from functools import partial
 
 import torch
+from _timing import timed
 from torch import nn
 
 import gradscope
@@ -32,12 +32,6 @@ def _recorded(module: nn.Module, x: torch.Tensor, detail: str, read: bool = Fals
         _fwd_bwd(module, x)
     if read:  # full detail derives gates and LSTM cell states when the trace is first read
         list(rec.trace)
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -73,7 +67,7 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):
             for name, fn in variants.items():
-                times[name].append(_timed(fn))
+                times[name].append(timed(fn))
         base = statistics.median(times["torch"])
         ratios = {name: statistics.median(t) / base for name, t in times.items()}
         print(
