@@ -237,10 +237,10 @@ def _radio(component_id: str, options: Mapping[str, str], value: str) -> dcc.Rad
     )
 
 
-def _graph(component_id: str, title: str, explanation: str) -> html.Section:
+def _graph(component_id: str, title: str, explanation: str, wide: bool = False) -> html.Section:
     return html.Section(
         [html.H3(title), html.P(explanation, className="explain"), dcc.Graph(id=component_id)],
-        className="panel",
+        className="panel wide" if wide else "panel",
     )
 
 
@@ -303,7 +303,7 @@ def _layout() -> html.Div:
             html.Main(
                 [
                     _graph(ids.SUMMARY, "Summary", "Final test loss against the trivial predictor's, gradient "
-                           "half-life and horizon of ∂L/∂x_t, median gate time constant τ and parameters."),
+                           "half-life and horizon of ∂L/∂x_t, median gate time constant τ and parameters.", wide=True),
                     _graph(ids.CURVES, "Forgetting curves", "Relative gradient norm against lag: how much of "
                            "the loss's gradient reaches a step that lies `lag` steps back. The legend gives the "
                            "fitted half-life."),
