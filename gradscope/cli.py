@@ -121,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
             readouts=args.readouts,
             hidden_size=args.hidden_size,
             num_layers=args.num_layers,
+            bidirectional=args.bidirectional,
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -262,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     run.add_argument("--hidden-size", type=int, default=64, help="hidden units M (default 64)")
     run.add_argument("--num-layers", type=int, default=1, help="stacked recurrent layers (default 1)")
+    run.add_argument("--bidirectional", action="store_true", help="both directions (each one measured)")
     run.add_argument("--record-every", type=int, default=25, help="record every N steps, and at 0 and the end")
     run.add_argument("--seed", type=int, default=0, help="seed of initialisation and data (default 0)")
     run.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this value")

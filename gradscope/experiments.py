@@ -67,10 +67,18 @@ class SequenceModel(nn.Module):
     Args:
         cell: ``"rnn"``, ``"gru"`` or ``"lstm"``.
         readout: one of :data:`READOUTS`; ``"max"`` is the seed's LSTM with max pooling over time.
+        bidirectional: both directions, their states concatenated before the readout.
     """
 
     def __init__(
-        self, cell: str, input_size: int, hidden_size: int, output_size: int, readout: str, num_layers: int = 1
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        readout: str,
+        num_layers: int = 1,
+        bidirectional: bool = False,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -78,8 +86,10 @@ class SequenceModel(nn.Module):
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}: choose from {list(READOUTS)}")
         self.readout = readout
-        self.rnn = CELLS[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True)
-        self.head = nn.Linear(hidden_size, output_size)
+        self.rnn = CELLS[cell](
+            input_size, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=bidirectional
+        )
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [N, T, D]`` → ``[N, K]``, or ``[N, T, K]`` with the "sequence" readout."""
@@ -112,8 +122,9 @@ def init_forget_bias(layer: nn.RNNBase, scheme: str, seq_len: int, generator: to
     m = layer.hidden_size
     keep = slice(m, 2 * m)  # LSTM (i, f, g, o): f; GRU (r, z, n): z
     with torch.no_grad():
-        for k in range(layer.num_layers):
-            b_ih, b_hh = getattr(layer, f"bias_ih_l{k}"), getattr(layer, f"bias_hh_l{k}")
+        suffixes = [f"l{k}{r}" for k in range(layer.num_layers) for r in ("", "_reverse")[: 1 + layer.bidirectional]]
+        for suffix in suffixes:
+            b_ih, b_hh = getattr(layer, f"bias_ih_{suffix}"), getattr(layer, f"bias_hh_{suffix}")
             if scheme == "one":
                 value = torch.ones(m)
             else:
@@ -133,6 +144,7 @@ class _Config:
     readouts: dict[str, tuple[str, ...]]
     hidden_size: int
     num_layers: int
+    bidirectional: bool
     steps: int
     batch_size: int
     lr: float
@@ -238,6 +250,7 @@ def compare(
     readouts: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     hidden_size: int = 64,
     num_layers: int = 1,
+    bidirectional: bool = False,
     steps: int = 300,
     batch_size: int = 64,
     lr: float = 1e-3,
@@ -263,7 +276,8 @@ def compare(
             ``("last",)``); for "copy", ``("sequence",)`` (the default there). Either one sequence for
             every cell, or a mapping cell → readouts (``{"lstm": ("last", "max")}``; a cell left out of
             the mapping is not trained).
-        hidden_size, num_layers: of the recurrent layer.
+        hidden_size, num_layers, bidirectional: of the recurrent layer (every layer and direction is
+            measured).
         steps: optimiser (Adam) steps with ``batch_size`` samples each, learning rate ``lr``.
         record_every: record at step 0, every ``record_every`` steps, and after the last step.
         seed: fixes initialisation (the same for every configuration) and every data stream.
@@ -294,7 +308,8 @@ def compare(
     else:
         per_cell = {cell: tuple(readouts) for cell in cells}
     config = _Config(
-        task, seq_len, tuple(cells), per_cell, hidden_size, num_layers, steps, batch_size, float(lr),
+        task, seq_len, tuple(cells), per_cell, hidden_size, num_layers, bool(bidirectional), steps, batch_size,
+        float(lr),
         record_every, seed, None if clip is None else float(clip), forget_bias, train_size, eval_size,
         probe_size, jacobian_samples, dict(task_obj.options),
     )  # fmt: skip
@@ -328,7 +343,9 @@ def _train_one(
     progress: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     torch.manual_seed(config.seed)
-    model = SequenceModel(cell, task.input_size, config.hidden_size, task.output_size, readout, config.num_layers)
+    model = SequenceModel(
+        cell, task.input_size, config.hidden_size, task.output_size, readout, config.num_layers, config.bidirectional
+    )
     init_forget_bias(model.rnn, config.forget_bias, config.seq_len, torch.Generator().manual_seed(config.seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     stream = _Stream(task, config)

@@ -56,7 +56,7 @@ def runs_root(tmp_path_factory):
     """A folder of runs for the dashboard: two real runs, a failed one and a damaged one.
 
     ``alpha``: recall, T=6, rnn/gru/lstm with the last state and lstm with max pooling, 2 layers.
-    ``beta``: adding, T=5, gru and lstm. ``failed``: a run whose status is failed. ``broken``: a
+    ``beta``: adding, T=5, bidirectional gru and lstm. ``failed``: a run whose status is failed. ``broken``: a
     damaged run.json.
     """
     import json
@@ -67,7 +67,8 @@ def runs_root(tmp_path_factory):
     small = dict(hidden_size=8, batch_size=8, eval_size=32, probe_size=8, jacobian_samples=2)
     readouts = {"rnn": ["last"], "gru": ["last"], "lstm": ["last", "max"]}
     compare("recall", 6, readouts=readouts, num_layers=2, steps=4, record_every=2, out=root / "alpha", **small)
-    compare("adding", 5, cells=("gru", "lstm"), steps=4, record_every=2, out=root / "beta", seed=1, **small)
+    compare("adding", 5, cells=("gru", "lstm"), bidirectional=True, steps=4, record_every=2, out=root / "beta", seed=1,
+            **small)  # fmt: skip
     compare("adding", 5, cells=("rnn",), steps=2, record_every=2, out=root / "failed", **small)
     info = json.loads((root / "failed" / "run.json").read_text())
     info.update(status="failed", error="RuntimeError: simulated")

@@ -104,6 +104,10 @@ def test_render_memory_follows_the_controls(runs_root):
     assert [list(t.y) for t in layer1.data] != [list(t.y) for t in curves.data]
     step0, _ = render_memory(loaded, CONFIGS, "grad_x", 0, 0, "forward", "log", "probe", "light")
     assert [list(t.y) for t in step0.data] != [list(t.y) for t in curves.data]
+    both = RunStore(runs_root).load(["beta"])
+    forward, _ = render_memory(both, ["gru/last"], "grad_x", None, 0, "forward", "log", "probe", "light")
+    backward, _ = render_memory(both, ["gru/last"], "grad_x", None, 0, "backward", "log", "probe", "light")
+    assert len(backward.data) == 1 and list(backward.data[0].y) != list(forward.data[0].y)
     empty, _ = render_memory(
         RunStore(runs_root).load([]), CONFIGS, "grad_x", None, 0, "forward", "log", "probe", "light"
     )

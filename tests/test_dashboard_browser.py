@@ -123,6 +123,11 @@ def test_each_control_changes_the_figures(dash_duo, runs_root):
     assert sum(name.startswith("beta · ") for name in both["names"]) == 2
     wait_url(dash_duo, "runs=alpha%2Cbeta")
 
+    shown = graph(dash_duo, ids.CURVES)
+    dash_duo.find_element(f"#{ids.DIRECTION} input[value='backward']").click()  # only beta runs both ways
+    graph(dash_duo, ids.CURVES, lambda g: g and len(g["names"]) == 2 and g["ys"] != shown["ys"])
+    wait_url(dash_duo, "direction=backward")
+
     dash_duo.select_dcc_dropdown(f"#{ids.HEATMAP_CONFIG}", value="beta|gru/last")
     wait_url(dash_duo, "heatmap=beta%7Cgru%2Flast")
     assert dash_duo.get_logs() == []

@@ -122,6 +122,17 @@ def test_every_layer_is_measured(tmp_path):
     assert table.loc[0, "half_life"] == fits[fits["step"] == 2]["half_life"].item()
 
 
+def test_both_directions_are_measured(tmp_path):
+    run = compare("recall", 6, cells=("gru",), readouts=("mean",), bidirectional=True, forget_bias="chrono", steps=2,
+                  record_every=2, out=tmp_path / "r", **SMALL)  # fmt: skip
+    assert set(run.fits["direction"]) == {"forward", "backward"}
+    backward = run.curves[run.curves["direction"] == "backward"]
+    assert (backward["lag"] == backward["t"]).all()  # the backward direction ends at t = 0
+    params = run.params.set_index("module")["parameters"]
+    assert params["recurrent"] == 2 * 3 * (8 * 8 + 8 * 8 + 16) and params["head"] == 2 * 8 * 8 + 8
+    assert (run.connectivity.groupby(["t"]).size() == 6).all()
+
+
 def test_clipping_and_finite_training_sets_run(tmp_path):
     run = compare("copy", 4, cells=("rnn",), steps=3, record_every=3, clip=0.5, train_size=16,
                   out=tmp_path / "copy", **SMALL)  # fmt: skip
@@ -188,6 +199,9 @@ def test_forget_bias_schemes_set_the_effective_bias(cell):
     assert torch.all(tau >= 2 - 1e-5) and torch.all(tau <= 50 + 1e-3)
     if cell == "lstm":
         torch.testing.assert_close((layer.bias_ih_l0 + layer.bias_hh_l0)[:6], -effective)
+    both = SequenceModel(cell, 2, 6, 1, "last", bidirectional=True).rnn
+    init_forget_bias(both, "one", 50, torch.Generator())
+    torch.testing.assert_close((both.bias_ih_l0_reverse + both.bias_hh_l0_reverse)[keep], torch.ones(6))
 
 
 def test_forget_bias_leaves_the_rnn_and_the_default_alone():
