@@ -72,6 +72,8 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 """Every table of a run directory and its columns, in order."""
 STATUSES = ("running", "completed", "failed", "interrupted")
+_CATEGORICAL = ("cell", "readout", "split", "batch", "direction", "quantity", "gate", "regime", "module")
+"""Text columns, stored and loaded as categoricals."""
 
 
 def _now() -> str:
@@ -143,6 +145,8 @@ class RunWriter:
             if not parts:
                 continue
             frame = pd.concat(parts, ignore_index=True)
+            text = [c for c in frame.columns if c in _CATEGORICAL]
+            frame = frame.astype({c: "category" for c in text})  # dictionary-encoded: smaller, faster to read
             self.rows[table] = [frame]
             atomic_write(self.path / f"{table}.parquet", lambda tmp, f=frame: f.to_parquet(tmp, index=False))
         self.info["completed"] = self.info["completed"] + completed
@@ -165,7 +169,7 @@ class Run:
         status: ``"running"``, ``"completed"``, ``"failed"``, or ``"interrupted"`` (``run.json`` says
             running but the process that wrote it, on this host, is gone).
         metrics, curves, fits, gates, time_constants, jacobians, connectivity, params: the tables,
-            holding only the records listed as completed.
+            holding only the records listed as completed; text columns are categoricals.
     """
 
     path: Path
@@ -255,7 +259,8 @@ def load_run(path: str | os.PathLike) -> Run:
     tables = {}
     for name in TABLES:
         frame = _read_table(path, name)
-        if "step" in frame.columns and len(frame):
+        # a completed run wrote run.json last: every row is whole; otherwise keep the completed records
+        if status != "completed" and "step" in frame.columns and len(frame):
             frame = frame[pd.MultiIndex.from_frame(frame[keys]).isin(done)].reset_index(drop=True)
         tables[name] = frame
     return Run(path=path, info=info, status=status, **tables)

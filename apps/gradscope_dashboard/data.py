@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +67,7 @@ class RunStore:
             cached = self._cache.get(name)
             if cached is not None and cached[0] == signature:
                 return cached[1]
-        run = _categorical(load_run(path))
+        run = load_run(path)
         with self._lock:
             self._cache[name] = (signature, run)
         return run
@@ -86,13 +85,3 @@ class RunStore:
             if run.status == "failed":
                 errors.append(f"{name}: the run failed: {run.info.get('error')}")
         return Loaded(runs, errors)
-
-
-def _categorical(run: Run) -> Run:
-    """The run with its text columns as categoricals: comparing codes keeps filtering large tables fast."""
-    tables = {}
-    for table in TABLES:
-        frame = getattr(run, table)
-        text = [c for c in frame.columns if c in ("cell", "readout", "batch", "direction", "quantity", "gate", "split")]
-        tables[table] = frame.astype({c: "category" for c in text})
-    return dataclasses.replace(run, **tables)
