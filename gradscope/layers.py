@@ -5,6 +5,13 @@ Each class subclasses its torch.nn counterpart, so constructor arguments, parame
 torch's own; only ``forward`` is replaced by a loop over :mod:`gradscope.cells`. They add what torch
 cannot do: ``RNN`` as torch, ``GRU(reset="before")`` and ``LSTM(cell_activation=, hidden_activation=)``.
 
+Two paths compute a layer. The *fused* path calls torch's own kernel (oneDNN or the native loop on CPU,
+cuDNN on GPU), one call per layer and direction; it exists for the options torch supports (tanh or relu
+RNN, ``reset="after"`` GRU, tanh/tanh LSTM). The *unrolled* path is a Python loop over
+:mod:`gradscope.cells`, for every option, and is the reference the fused path is tested against.
+``path="auto"`` (the default) takes the fused path wherever it exists, except to record an RNN or GRU
+on the CPU; see :attr:`RecurrentLayer.path`.
+
 Shapes: ``B`` batch, ``T`` steps, ``D`` input features, ``M`` hidden units, ``L`` layers,
 ``K`` directions (1 or 2).
 """
@@ -24,9 +31,10 @@ from torch.nn.utils.rnn import PackedSequence
 from gradscope.cells import activation, gru_cell, input_projection, lstm_cell, rnn_cell
 from gradscope.trace import ACTIVATION_RANGES
 
-__all__ = ["GRU", "LSTM", "RNN", "RecurrentLayer"]
+__all__ = ["GRU", "LSTM", "PATHS", "RNN", "RecurrentLayer"]
 
 _DIRECTIONS = ("forward", "backward")
+PATHS = ("auto", "fused", "unrolled")
 State = tuple[Tensor, Tensor | None]
 Step = Callable[..., tuple[Tensor, "Tensor | None", tuple[Tensor, ...]]]
 """``step(gi, h, c, w_hh, b_hh, c_probe) -> (h_t, c_t, gates)``: one cell step in a uniform signature
@@ -55,6 +63,11 @@ class RecurrentLayer:
     cell: ClassVar[str]
     _torch_class: ClassVar[type[nn.RNNBase]]
     _gradscope_sink: Any = None  # set on the instance by gradscope.record while recording
+    path: str = "auto"
+    """Which path computes this layer: ``"auto"`` (fused where torch supports the options, except when
+    recording an RNN or GRU on the CPU; else unrolled), ``"fused"`` (an error where torch does not
+    support the options) or ``"unrolled"``. Set it on an instance;
+    ``gradscope.record(model, path=...)`` overrides it for the recorded block."""
 
     # Attributes provided by torch.nn.RNNBase.
     input_size: int
@@ -73,6 +86,28 @@ class RecurrentLayer:
     def gate_ranges(self) -> dict[str, tuple[float, float] | None]:
         """The value range of each gate (for saturation statistics); None where unbounded."""
         raise NotImplementedError
+
+    def fused_op(self) -> tuple[Callable[..., Any] | None, str]:
+        """torch's fused sequence op for this layer's options (``torch.lstm``, ...), or None with the reason."""
+        raise NotImplementedError
+
+    def _fused(self, path: str | None, recording: bool) -> bool:
+        """Whether the fused path computes this pass, for ``path`` (the record's) or else ``self.path``.
+
+        ``"auto"`` takes the fused path wherever torch has the kernel, except to record an RNN or GRU on
+        the CPU: torch's CPU kernels for these are themselves a loop of steps, and the probe input's extra
+        width costs more than the Python loop saves (``benchmarks/RESULTS.md``).
+        """
+        path = self.path if path is None else path
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got: {path!r}")
+        op, reason = self.fused_op()
+        if path == "fused" and op is None:
+            raise ValueError(f"path='fused' is not available for this {type(self).__name__}: {reason}")
+        if op is None or path == "unrolled":
+            return False
+        cpu_loop = self.cell != "lstm" and self.weight_ih_l0.device.type == "cpu"  # type: ignore[attr-defined]
+        return path == "fused" or not (recording and cpu_loop)
 
     @classmethod
     def _options(cls, module: nn.Module) -> dict[str, Any]:
@@ -185,10 +220,42 @@ class RecurrentLayer:
             )
         return self._check_state(hx, "hx", x, batched), None
 
+    def _run_fused(
+        self, x: Tensor, layer: int, direction: str, h0: Tensor, c0: Tensor | None, record: Any
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One layer in one direction through torch's fused op, recorded with probe inputs.
+
+        The op runs on ``[x_t, p_t]`` with ``p ≡ 0`` of width M and ``weight_ih`` extended by (a
+        detached) ``W_hh``: outputs are unchanged and ``p``'s gradient is :math:`W_{hh}^T \\partial L /
+        \\partial \\text{gates}_t`, from which the recording reassembles every per-step gradient (see
+        :mod:`gradscope.recording`). A backward direction runs on the time-reversed sequence.
+        """
+        op, _ = self.fused_op()
+        weights = self._weights(layer, direction)
+        w_ih, w_hh, b_ih, b_hh = weights
+        run_x = x if direction == "forward" else x.flip(0)
+        probed = record.probe_input(run_x, self.hidden_size) if record is not None else None
+        if probed is not None:
+            run_x, w_ih = probed, torch.cat([w_ih, w_hh.detach()], dim=1)
+        params = [w_ih, w_hh] if b_ih is None else [w_ih, w_hh, b_ih, b_hh]
+        hx = (h0[None], c0[None]) if c0 is not None else h0[None]
+        grad = torch.is_grad_enabled()  # cuDNN's backward needs train=True; dropout is 0 either way
+        with warnings.catch_warnings():  # cuDNN: these weights are not one flat buffer; it copies them
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+            result = op(run_x, hx, params, b_ih is not None, 1, 0.0, grad, False, False)
+        out, h_n = result[0], result[1][0]
+        c_n = result[2][0] if c0 is not None else None
+        if record is not None:
+            record.watch_outputs(out, h_n, c_n)
+        out = out if direction == "forward" else out.flip(0)
+        if record is not None:
+            record.store(x, out, h0, c0, weights, self.step_function(), direction)
+        return out, h_n, c_n
+
     def _run_direction(
         self, x: Tensor, layer: int, direction: str, h: Tensor, c: Tensor | None, record: Any
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """One layer in one direction over the whole sequence: ``[T, B, D]`` → ``[T, B, M]``."""
+        """One layer in one direction over the whole sequence, unrolled: ``[T, B, D]`` → ``[T, B, M]``."""
         weights = self._weights(layer, direction)
         w_ih, w_hh, b_ih, b_hh = weights
         step = self.step_function()
@@ -233,7 +300,10 @@ class RecurrentLayer:
         x, batched = self._check_input(input)
         h0, c0 = self._initial_state(hx, x, batched)
         sink = self._gradscope_sink
-        new_record = sink(self) if sink is not None else None
+        if sink is None and self._fused(None, recording=False):
+            return self._torch_class.forward(self, input, hx)  # type: ignore[arg-type]
+        path, new_record = sink(self) if sink is not None else (None, None)
+        run = self._run_fused if self._fused(path, recording=True) else self._run_direction
         directions = _DIRECTIONS[: 2 if self.bidirectional else 1]
         h_n: list[Tensor] = []
         c_n: list[Tensor | None] = []
@@ -243,7 +313,7 @@ class RecurrentLayer:
                 i = layer * len(directions) + d
                 record = new_record(layer, direction) if new_record is not None else None
                 c_init = c0[i] if c0 is not None else None
-                out, h_last, c_last = self._run_direction(x, layer, direction, h0[i], c_init, record)
+                out, h_last, c_last = run(x, layer, direction, h0[i], c_init, record)
                 outputs.append(out)
                 h_n.append(h_last)
                 c_n.append(c_last)
@@ -285,6 +355,9 @@ class RNN(RecurrentLayer, nn.RNN):
     def step_function(self) -> Step:
         return partial(_rnn_step, nonlinearity=self.nonlinearity)
 
+    def fused_op(self) -> tuple[Callable[..., Any] | None, str]:
+        return (torch.rnn_tanh if self.nonlinearity == "tanh" else torch.rnn_relu), ""
+
 
 class GRU(RecurrentLayer, nn.GRU):
     r"""GRU, a drop-in for :class:`torch.nn.GRU` that can be recorded, with the reset gate after or before.
@@ -325,6 +398,11 @@ class GRU(RecurrentLayer, nn.GRU):
 
     def step_function(self) -> Step:
         return partial(_gru_step, reset=self.reset)
+
+    def fused_op(self) -> tuple[Callable[..., Any] | None, str]:
+        if self.reset != "after":
+            return None, f"torch's GRU applies the reset gate after the matmul, this one has reset={self.reset!r}"
+        return torch.gru, ""
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -386,6 +464,14 @@ class LSTM(RecurrentLayer, nn.LSTM):
 
     def step_function(self) -> Step:
         return partial(_lstm_step, cell_activation=self.cell_activation, hidden_activation=self.hidden_activation)
+
+    def fused_op(self) -> tuple[Callable[..., Any] | None, str]:
+        if (self.cell_activation, self.hidden_activation) != ("tanh", "tanh"):
+            return None, (
+                "torch's LSTM has tanh/tanh activations, this one has "
+                f"cell_activation={self.cell_activation!r}, hidden_activation={self.hidden_activation!r}"
+            )
+        return torch.lstm, ""
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -7,6 +7,22 @@ backward delivers to :math:`p_t` is exactly the total derivative :math:`\\partia
 through time, what ``retain_grad()`` on ``h_t`` gives in an unrolled loop. One probe tensor per
 quantity and direction (its steps taken with one ``unbind``) carries one tensor hook, owned by the
 recording; no hook is ever placed on a user's module, parameter or tensor.
+
+On the fused path (torch's own kernel, see :mod:`gradscope.layers`) there is no per-step state to add a
+probe to. The kernel runs instead on the input extended by a zero probe :math:`p_t` of width M, with
+``weight_ih`` extended by :math:`W_{hh}`, so that :math:`p`'s gradient is :math:`e_t = W_{hh}^T
+\\partial L / \\partial a_t` (:math:`a_t` the gate pre-activations). With :math:`g_t` the gradient
+arriving at output t (a hook on the output), the total gradients follow in time order:
+
+- RNN, LSTM: :math:`\\partial L / \\partial h_{t-1} = g_{t-1} + e_t`;
+- LSTM: :math:`\\partial L / \\partial c_{t-1} = \\partial L / \\partial h_{t-1} \\odot o_{t-1} \\odot
+  (1 - \\tanh^2 c_{t-1}) + f_t \\odot \\partial L / \\partial c_t`, an elementwise reverse scan;
+- GRU: :math:`W_{hn}` enters :math:`n_t` scaled by :math:`r_t` and :math:`h_{t-1}` also reaches
+  :math:`h_t` directly through :math:`z_t`, so :math:`\\partial L / \\partial h_{t-1} = g_{t-1} + e_t +
+  z_t \\odot \\delta_t + W_{hn}^T ((r_t - 1) \\odot (1 - z_t) \\odot (1 - n_t^2) \\odot \\delta_t)`
+  with :math:`\\delta_t = \\partial L / \\partial h_t`, a reverse scan with one M×M product a step.
+
+The gates these need are recomputed from the recorded states with batched matmuls, as for the trace.
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.cells import GATE_NAMES, input_projection
-from gradscope.layers import GRU, LSTM, RNN, RecurrentLayer, Step
+from gradscope.layers import GRU, LSTM, PATHS, RNN, RecurrentLayer, Step
 from gradscope.trace import (
     KEEP_GATE,
     NORM_QUANTITIES,
@@ -39,6 +55,76 @@ DETAILS = ("full", "summary")
 _SWAPS: dict[type, type] = {nn.RNN: RNN, nn.GRU: GRU, nn.LSTM: LSTM}
 _SINK = "_gradscope_sink"
 _BLOCK = 16  # steps per batched recomputation of the gates
+
+
+def _scan_coefficients(cell: str, gates: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """What the fused path's reverse scans need from the gates (and the LSTM's ``c``), time order.
+
+    LSTM: :math:`(f_t, o_t \\odot (1 - \\tanh^2 c_t))`; GRU: :math:`(z_t, (r_t - 1) \\odot (1 - z_t)
+    \\odot (1 - n_t^2))`.
+    """
+    if cell == "lstm":
+        return gates["forget"], gates["output"] * (1 - torch.tanh(gates["c"]).square())
+    r, z, n = gates["reset"], gates["update"], gates["candidate"]
+    return z, (r - 1) * (1 - z) * (1 - n.square())
+
+
+class _FusedGradients:
+    """Turns the gradients around one fused call into its record's per-step gradients.
+
+    Only the hooks of that call's autograd graph hold it, so what it keeps lives no longer than the graph;
+    the summary mode's scan coefficients (two ``[T, B, M]`` tensors) go after the first backward.
+    """
+
+    def __init__(self, record: _LayerRecord) -> None:
+        self.record = record
+        self.arriving: dict[str, Tensor] = {}
+        self.coefficients: tuple[Tensor, Tensor] | None = None  # time order; None: from the full trace
+
+    def arrive(self, name: str, grad: Tensor) -> None:
+        """Hook on the op's output, ``h_n`` and ``c_n``: the gradient arriving there from the rest of the model."""
+        self.arriving[name] = grad.detach()
+
+    def on_input_grad(self, grad: Tensor) -> None:
+        """Hook on the probed input ``[x_t, p_t]``, which fires after the op's backward: all is known now."""
+        record = self.record
+        _, _, (_, w_hh, _, _), _, direction = record._inputs
+        width = w_hh.shape[1]
+        grad = grad.detach()
+        arriving, self.arriving = self.arriving, {}
+        # run order from here on: a backward direction ran on the reversed sequence
+        dh = arriving["out"].clone() if "out" in arriving else torch.zeros_like(grad[..., -width:])
+        dh[:-1] += grad[1:, :, -width:]
+        if "h_n" in arriving:
+            dh[-1] += arriving["h_n"]
+        dc = None
+        if record.cell != "rnn":
+            if record.detail == "summary" and self.coefficients is None:
+                warnings.warn(
+                    f"a second backward ran through the recorded pass of {record.key}; on the fused path "
+                    "summary statistics of its gradients describe the first backward only",
+                    stacklevel=2,
+                )
+                return
+            keep, scale = self.coefficients or record._full_scan_coefficients()
+            self.coefficients = None  # summary mode: freed now, even while the user keeps the outputs
+            if direction == "backward":
+                keep, scale = keep.flip(0), scale.flip(0)
+            if record.cell == "lstm":
+                dc = dh * scale
+                if "c_n" in arriving:
+                    dc[-1] += arriving["c_n"]
+                for t in range(dc.shape[0] - 2, -1, -1):
+                    dc[t].addcmul_(keep[t + 1], dc[t + 1])
+            else:
+                w_hn = w_hh[2 * width :]
+                for t in range(dh.shape[0] - 2, -1, -1):
+                    dh[t].addcmul_(keep[t + 1], dh[t + 1]).addmm_(scale[t + 1] * dh[t + 1], w_hn)
+        in_time_order = (lambda v: v.flip(0)) if direction == "backward" else (lambda v: v.contiguous())
+        record._on_grad("grad_x", in_time_order(grad[..., :-width]))
+        record._on_grad("grad_h", in_time_order(dh))
+        if dc is not None:
+            record._on_grad("grad_c", in_time_order(dc))
 
 
 class _LayerRecord:
@@ -61,6 +147,7 @@ class _LayerRecord:
         self.shape: tuple[int, int] = (0, 0)
         self._inputs: tuple = ()  # (h0, c0, weights, step, direction) from the forward pass
         self._derived = False
+        self._fused: _FusedGradients | None = None  # between probe_input and store, on the fused path
 
     def probe(self, quantity: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
         """A zero tensor of ``shape`` (dtype and device of ``like``) whose gradient becomes ``grad_<quantity>``.
@@ -75,6 +162,32 @@ class _LayerRecord:
         p = zero.expand(shape)
         p.register_hook(partial(self._on_grad, "grad_" + quantity))
         return p
+
+    def probe_input(self, x: Tensor, width: int) -> Tensor | None:
+        """Fused path: ``x`` ``[T, B, D]`` extended by a zero probe of ``width`` columns, ``[T, B, D + width]``.
+
+        Its gradient becomes ``grad_x``, ``grad_h`` and ``grad_c`` once the op's backward has run (see the
+        module docstring). None when autograd is off.
+        """
+        if not torch.is_grad_enabled():
+            return None
+        zero = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+        probed = torch.cat([x, zero.expand(*x.shape[:-1], width)], dim=-1)
+        self._fused = _FusedGradients(self)
+        probed.register_hook(self._fused.on_input_grad)
+        return probed
+
+    def watch_outputs(self, out: Tensor, h_n: Tensor, c_n: Tensor | None) -> None:
+        """Fused path: hook the op's outputs for the gradients that arrive there."""
+        if self._fused is None:
+            return
+        for name, tensor in (("out", out), ("h_n", h_n), ("c_n", c_n)):
+            if tensor is not None and tensor.requires_grad:
+                tensor.register_hook(partial(self._fused.arrive, name))
+
+    def _full_scan_coefficients(self) -> tuple[Tensor, Tensor]:
+        self._derive(reduce=False)
+        return _scan_coefficients(self.cell, {**self.gates, "c": self.values.get("c")})
 
     def _on_grad(self, quantity: str, grad: Tensor) -> None:
         grad = grad.detach()
@@ -112,9 +225,13 @@ class _LayerRecord:
         with torch.no_grad():
             frozen = tuple(None if w is None else w.detach().clone() for w in weights)
         self._inputs = (h0.detach(), None if c0 is None else c0.detach(), frozen, step, direction)
+        fused, self._fused = self._fused, None
         if self.detail == "full":
             return
-        self._derive(reduce=True)
+        scans = fused is not None and self.cell != "rnn"
+        coefficients = self._derive(reduce=True, scan_coefficients=scans)
+        if scans:
+            fused.coefficients = coefficients  # type: ignore[union-attr]
         self.values = {q: v if q == "c" else norm_stats(v) for q, v in self.values.items()}
         if self.cell in KEEP_GATE:
             self.gates["keep"] = self.gates[KEEP_GATE[self.cell]]
@@ -151,14 +268,20 @@ class _LayerRecord:
                     block["c"] = c
                 yield block
 
-    def _derive(self, reduce: bool) -> None:
+    def _derive(self, reduce: bool, scan_coefficients: bool = False) -> tuple[Tensor, Tensor] | None:
         """Set ``gates`` (and ``values["c"]``) in time order, as ``[T, B, M]`` tensors or, with
-        ``reduce``, as their ``[T, 5]`` statistics. Runs once; later calls do nothing."""
+        ``reduce``, as their ``[T, 5]`` statistics. Runs once; later calls do nothing.
+
+        With ``scan_coefficients``, also returns the fused path's :func:`_scan_coefficients`, unreduced.
+        """
         if self._derived:
-            return
+            return None
         forward = self._inputs[4] == "forward"
         parts: dict[str, list[Tensor]] = {}
         for block in self._derived_blocks():
+            if scan_coefficients:
+                for name, value in zip(("_keep", "_scale"), _scan_coefficients(self.cell, block), strict=True):
+                    parts.setdefault(name, []).append(value)
             for name, value in block.items():
                 if reduce:
                     value = norm_stats(value) if name == "c" else gate_stats(value, self.gate_ranges[name])
@@ -167,7 +290,9 @@ class _LayerRecord:
         derived = {name: torch.cat(p if forward else p[::-1]) for name, p in parts.items()}
         if "c" in derived:
             self.values["c"] = derived.pop("c")
+        coefficients = (derived.pop("_keep"), derived.pop("_scale")) if scan_coefficients else None
         self.gates = derived
+        return coefficients
 
     def snapshot(self) -> LayerTrace | LayerSummary:
         module, layer, direction = self.key
@@ -209,8 +334,9 @@ class Recorder:
     calls the same recurrent module twice in one forward therefore produces two traces.
     """
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, path: str | None = None) -> None:
         self.detail = detail
+        self.path = path
         self.traces: list[Trace] = []
         self._modules_in_trace: set[str] = set()
 
@@ -229,7 +355,7 @@ class Recorder:
         frame = pd.concat(frames, ignore_index=True)
         return frame[["pass", *frame.columns[:-1]]]
 
-    def _begin(self, name: str, layer: RecurrentLayer) -> Callable[[int, str], _LayerRecord]:
+    def _begin(self, name: str, layer: RecurrentLayer) -> tuple[str | None, Callable[[int, str], _LayerRecord]]:
         if not self.traces or name in self._modules_in_trace:
             self.traces.append(Trace())
             self._modules_in_trace = set()
@@ -242,7 +368,7 @@ class Recorder:
             trace._add(record.key, record)
             return record
 
-        return new_record
+        return self.path, new_record
 
 
 @dataclass
@@ -283,7 +409,7 @@ def _swap_in(module: nn.Module) -> _Swap | None:
 
 
 @contextmanager
-def record(model: nn.Module, detail: str = "full") -> Iterator[Recorder]:
+def record(model: nn.Module, detail: str = "full", path: str | None = None) -> Iterator[Recorder]:
     """Record every recurrent layer inside ``model`` while the block runs.
 
     gradscope layers are recorded as they are; ``torch.nn.RNN``, ``GRU`` and ``LSTM`` modules become the
@@ -295,6 +421,9 @@ def record(model: nn.Module, detail: str = "full") -> Iterator[Recorder]:
         detail: ``"full"`` keeps every tensor of :class:`~gradscope.trace.LayerTrace`; ``"summary"``
             keeps per-step reductions over the batch (:class:`~gradscope.trace.LayerSummary`), so memory
             does not grow with the batch size.
+        path: ``"fused"``, ``"unrolled"`` or ``"auto"`` forces that path on every layer in the block
+            (see :attr:`gradscope.layers.RecurrentLayer.path`); None (the default) leaves each layer's
+            own, ``"auto"`` unless set. Both paths record the same trace.
 
     Example::
 
@@ -307,6 +436,8 @@ def record(model: nn.Module, detail: str = "full") -> Iterator[Recorder]:
         raise TypeError(f"record() expects an nn.Module, got: {type(model).__name__}")
     if detail not in DETAILS:
         raise ValueError(f"detail must be one of {DETAILS}, got: {detail!r}")
+    if path is not None and path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS} or None, got: {path!r}")
     targets = _targets(model)
     if not targets:
         raise ValueError(
@@ -316,7 +447,7 @@ def record(model: nn.Module, detail: str = "full") -> Iterator[Recorder]:
     busy = [name for name, module in targets if _SINK in vars(module)]
     if busy:
         raise RuntimeError(f"modules {busy} are already being recorded by an enclosing record() block")
-    recorder = Recorder(detail)
+    recorder = Recorder(detail, path)
     swaps: list[_Swap] = []
     try:
         for name, module in targets:

@@ -36,6 +36,9 @@ def _forward_and_grads(module, x, hx):
     return [output, *finals], list(grads)
 
 
+PATHS = ["unrolled", "auto"]  # auto: torch's fused kernel, unrecorded
+
+
 def _assert_parity(ours, theirs, x, hx, dtype):
     values_a, grads_a = _forward_and_grads(ours, x, hx)
     values_b, grads_b = _forward_and_grads(theirs, x, hx)
@@ -51,8 +54,10 @@ def _assert_parity(ours, theirs, x, hx, dtype):
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 @pytest.mark.parametrize("kind", list(CELLS))
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "given_state"])
-def test_parity_with_torch_batched(kind, options, dtype, with_state):
+@pytest.mark.parametrize("path", PATHS)
+def test_parity_with_torch_batched(kind, options, dtype, with_state, path):
     ours, theirs = make_pair(kind, dtype=dtype, **options)
+    ours.path = path
     x = torch.randn(4, 6, 3, dtype=dtype)  # [B, T, D] or [T, B, D]: both valid shapes
     batch = x.shape[0] if options.get("batch_first") else x.shape[1]
     hx = initial_state(ours, batch, dtype) if with_state else None
@@ -62,24 +67,30 @@ def test_parity_with_torch_batched(kind, options, dtype, with_state):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("kind", list(CELLS))
 @pytest.mark.parametrize("options", [{}, {"num_layers": 2, "bidirectional": True, "batch_first": True}])
-def test_parity_with_torch_unbatched(kind, options, dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_parity_with_torch_unbatched(kind, options, dtype, path):
     ours, theirs = make_pair(kind, dtype=dtype, **options)
+    ours.path = path
     x = torch.randn(7, 3, dtype=dtype)
     _assert_parity(ours, theirs, x, None, dtype)
     _assert_parity(ours, theirs, x, initial_state(ours, None, dtype), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_parity_relu_rnn(dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_parity_relu_rnn(dtype, path):
     ours, theirs = make_pair("rnn", dtype=dtype, nonlinearity="relu", num_layers=2, bidirectional=True)
+    ours.path = path
     assert ours.nonlinearity == "relu"
     _assert_parity(ours, theirs, torch.randn(5, 4, 3, dtype=dtype), None, dtype)
 
 
 @pytest.mark.parametrize("kind", list(CELLS))
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_dropout_between_layers_matches_torch_for_the_same_seed(kind, bidirectional):
+@pytest.mark.parametrize("path", PATHS)
+def test_dropout_between_layers_matches_torch_for_the_same_seed(kind, bidirectional, path):
     ours, theirs = make_pair(kind, num_layers=3, dropout=0.5, bidirectional=bidirectional)
+    ours.path = path
     assert ours.training and theirs.training
     x = torch.randn(6, 4, 3, dtype=torch.float64)
     torch.manual_seed(7)
@@ -280,6 +291,7 @@ def test_parity_with_torch_over_random_shapes(
 ):
     options = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
     ours, theirs = make_pair(kind, input_size, hidden_size, seed=seed, **options)
+    ours.path = "unrolled"
     shape = (batch, steps, input_size) if batch_first else (steps, batch, input_size)
     x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     _assert_parity(ours, theirs, x, initial_state(ours, batch, torch.float64, seed=seed), torch.float64)

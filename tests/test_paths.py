@@ -1,0 +1,237 @@
+"""The fused path (torch's kernel with probe inputs) against the unrolled path: the same trace, chosen right."""
+
+from __future__ import annotations
+
+import gc
+
+import pandas as pd
+import pytest
+import torch
+from conftest import CELLS, TOL, initial_state, weighted_loss
+
+import gradscope
+from gradscope.layers import RecurrentLayer
+from gradscope.recording import _FusedGradients
+
+ELIGIBLE = [
+    ("rnn", {}),
+    ("rnn", {"nonlinearity": "relu"}),
+    ("gru", {}),
+    ("lstm", {}),
+]
+SHAPES = [
+    {},
+    {"num_layers": 2},
+    {"bidirectional": True, "batch_first": True},
+    {"num_layers": 2, "bidirectional": True, "bias": False},
+]
+QUANTITIES = ("x", "h", "c", "grad_x", "grad_h", "grad_c")
+
+
+def _record(layer, x, hx, path, detail="full", loss=weighted_loss):
+    layer.zero_grad(set_to_none=True)
+    with gradscope.record(layer, detail=detail, path=path) as rec:
+        out, final = layer(x, hx)
+        loss(out, final).backward()
+    return rec.trace, [p.grad for p in layer.parameters()], out.detach()
+
+
+def _assert_same_traces(a, b, tol):
+    assert a.keys() == b.keys()
+    for key in a.keys():
+        la, lb = a.layer(*key), b.layer(*key)
+        for quantity in QUANTITIES:
+            va, vb = getattr(la, quantity), getattr(lb, quantity)
+            assert (va is None) == (vb is None), quantity
+            if va is not None:
+                torch.testing.assert_close(va, vb, **tol, msg=lambda m, q=quantity, k=key: f"{k} {q}: {m}")
+        assert set(la.gates) == set(lb.gates)
+        for name in la.gates:
+            torch.testing.assert_close(la.gates[name], lb.gates[name], **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "one-layer")
+@pytest.mark.parametrize("case", ELIGIBLE, ids=lambda c: c[0] + "".join(f"-{v}" for v in c[1].values()))
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "given_state"])
+def test_fused_and_unrolled_paths_record_the_same_trace(case, shape, dtype, with_state):
+    kind, options = case
+    layer = CELLS[kind][0](3, 5, dtype=dtype, **options, **shape)
+    x = torch.randn(4, 9, 3, dtype=dtype)
+    hx = initial_state(layer, 4, dtype) if with_state else None
+    if not layer.batch_first:
+        x = x.transpose(0, 1).contiguous()
+    fused = _record(layer, x, hx, "fused")
+    unrolled = _record(layer, x, hx, "unrolled")
+    _assert_same_traces(fused[0], unrolled[0], TOL[dtype])
+    torch.testing.assert_close(fused[2], unrolled[2], **TOL[dtype])
+    for a, b in zip(fused[1], unrolled[1], strict=True):  # the user's parameter gradients too
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+@pytest.mark.parametrize("reaches", ["output", "final_state", "last_output"])
+def test_paths_agree_whichever_outputs_the_loss_reaches(kind, reaches):
+    """Gradients may arrive at the output sequence, at the final state(s), or at one step only."""
+
+    def loss(out, final):
+        finals = final if isinstance(final, tuple) else (final,)
+        if reaches == "output":
+            return out.pow(2).sum()
+        if reaches == "final_state":
+            return sum(f.pow(2).sum() for f in finals)
+        return out[-1].sum()
+
+    layer = CELLS[kind][0](2, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(7, 3, 2, dtype=torch.float64)
+    fused = _record(layer, x, None, "fused", loss=loss)
+    unrolled = _record(layer, x, None, "unrolled", loss=loss)
+    _assert_same_traces(fused[0], unrolled[0], TOL[torch.float64])
+    assert fused[0].layer(layer=0).grad_h.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_paths_agree_in_summary_detail(kind):
+    layer = CELLS[kind][0](3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(11, 5, 3, dtype=torch.float64)
+    frames = {path: _record(layer, x, None, path, detail="summary")[0].to_frame() for path in ("fused", "unrolled")}
+    assert len(frames["fused"]) > 0
+    pd.testing.assert_frame_equal(frames["fused"], frames["unrolled"], rtol=1e-10)
+
+
+def test_a_single_step_sequence_and_unbatched_input():
+    for kind in CELLS:
+        layer = CELLS[kind][0](3, 4, dtype=torch.float64)
+        for x in (torch.randn(1, 2, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)):
+            fused = _record(layer, x, None, "fused")
+            unrolled = _record(layer, x, None, "unrolled")
+            _assert_same_traces(fused[0], unrolled[0], TOL[torch.float64])
+
+
+def _spy_paths(monkeypatch):
+    calls = []
+    for name in ("_run_fused", "_run_direction"):
+        original = getattr(RecurrentLayer, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(RecurrentLayer, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "kind,options,expected",
+    [
+        ("lstm", {}, "_run_fused"),
+        ("rnn", {"nonlinearity": "relu"}, "_run_direction"),  # on the CPU: see RecurrentLayer._fused
+        ("gru", {}, "_run_direction"),
+        ("gru", {"reset": "before"}, "_run_direction"),
+        ("lstm", {"cell_activation": "relu"}, "_run_direction"),
+        ("lstm", {"hidden_activation": "softsign"}, "_run_direction"),
+    ],
+)
+def test_auto_records_through_torch_s_kernel_where_it_has_one_and_it_pays(monkeypatch, kind, options, expected):
+    calls = _spy_paths(monkeypatch)
+    layer = CELLS[kind][0](2, 3, num_layers=2, **options)
+    with gradscope.record(layer):
+        layer(torch.randn(4, 2, 2))[0].sum().backward()
+    assert calls == [expected, expected]
+    for path, forced in (("unrolled", "_run_direction"), ("fused", "_run_fused")):
+        calls.clear()
+        if forced == "_run_fused" and layer.fused_op()[0] is None:
+            continue  # no torch kernel for these options: an error, tested below
+        with gradscope.record(layer, path=path):
+            layer(torch.randn(4, 2, 2))
+        assert calls == [forced] * 2
+
+
+def test_an_unrecorded_layer_runs_torch_s_own_forward_unless_told_otherwise(monkeypatch):
+    calls = _spy_paths(monkeypatch)
+    layer = gradscope.LSTM(2, 3)
+    layer(torch.randn(4, 2, 2))
+    assert calls == []  # torch.nn.LSTM.forward, in one call
+    layer.path = "unrolled"
+    layer(torch.randn(4, 2, 2))
+    assert calls == ["_run_direction"]
+    custom = gradscope.LSTM(2, 3, cell_activation="identity")
+    custom(torch.randn(4, 2, 2))
+    assert calls == ["_run_direction"] * 2
+
+
+def test_the_record_path_overrides_the_layer_s_own():
+    layer = gradscope.GRU(2, 3)
+    layer.path = "unrolled"
+    x = torch.randn(4, 2, 2, dtype=torch.float32)
+    with gradscope.record(layer, path="fused") as rec:
+        layer(x)[0].sum().backward()
+    assert rec.trace.layer().grad_h is not None and layer.path == "unrolled"
+
+
+def test_forcing_the_fused_path_where_torch_has_no_kernel_is_an_error_naming_why():
+    layer = gradscope.GRU(2, 3, reset="before")
+    with pytest.raises(ValueError, match="reset='before'"), gradscope.record(layer, path="fused"):
+        layer(torch.randn(4, 2, 2))
+    layer = gradscope.LSTM(2, 3, hidden_activation="relu")
+    layer.path = "fused"
+    with pytest.raises(ValueError, match="hidden_activation='relu'"):
+        layer(torch.randn(4, 2, 2))
+    with pytest.raises(ValueError, match=r"path must be one of \('auto', 'fused', 'unrolled'\) or None, got: 'fast'"):
+        with gradscope.record(layer, path="fast"):
+            pass
+    layer.path = "cudnn"
+    with pytest.raises(ValueError, match="path must be one of .* got: 'cudnn'"):
+        layer(torch.randn(4, 2, 2))
+
+
+def test_eval_mode_and_no_grad_on_the_fused_path():
+    layer = gradscope.LSTM(2, 3, num_layers=2, dropout=0.5).double().eval()
+    x = torch.randn(6, 2, 2, dtype=torch.float64)
+    fused = _record(layer, x, None, "fused")
+    unrolled = _record(layer, x, None, "unrolled")
+    _assert_same_traces(fused[0], unrolled[0], TOL[torch.float64])
+    with torch.no_grad(), gradscope.record(layer, path="fused") as rec:
+        out, _ = layer(x)
+    lt = rec.trace.layer(layer=1)
+    torch.testing.assert_close(lt.h, out.transpose(0, 1), rtol=0, atol=0)
+    assert lt.grad_h is None and lt.gates["forget"].shape == (2, 6, 3)
+
+
+def test_repeated_backward_on_the_fused_path():
+    """Full detail accumulates like .grad; summary detail keeps the first backward (its scan inputs are freed)."""
+    layer = gradscope.GRU(2, 3, dtype=torch.float64)
+    for detail in ("full", "summary"):
+        with gradscope.record(layer, detail=detail, path="fused") as rec:
+            loss = layer(torch.randn(5, 2, 2, dtype=torch.float64))[0].pow(2).sum()
+            loss.backward(retain_graph=True)
+            once = rec.trace.layer().to_frame().set_index(["quantity", "t"])
+            if detail == "full":
+                loss.backward()
+                again = rec.trace.layer().to_frame().set_index(["quantity", "t"])
+                pd.testing.assert_series_equal(again.loc["grad_h", "mean"], 2 * once.loc["grad_h", "mean"])
+            else:
+                with pytest.warns(UserWarning, match="first backward only"):
+                    loss.backward()
+                pd.testing.assert_frame_equal(rec.trace.layer().to_frame().set_index(["quantity", "t"]), once)
+
+
+def _alive():
+    gc.collect()
+    return [o for o in gc.get_objects() if type(o) is _FusedGradients]
+
+
+@pytest.mark.parametrize("detail", ["full", "summary"])
+def test_the_fused_path_keeps_nothing_alive_after_backward(detail):
+    """What turns the probe's gradient into the trace lives on the autograd graph, and goes with it."""
+    layer = gradscope.LSTM(2, 3, num_layers=2, bidirectional=True)
+    with gradscope.record(layer, detail=detail, path="fused") as rec:
+        out, final = layer(torch.randn(5, 4, 2))
+        assert len(_alive()) == 4
+        assert all((o.coefficients is not None) == (detail == "summary") for o in _alive())
+        out.sum().backward()
+        assert all(o.coefficients is None for o in _alive())  # even while the outputs are kept
+        del out, final
+    assert _alive() == []
+    frame = rec.trace.layer(layer=1, direction="backward").to_frame()
+    assert {"grad_h", "grad_c"} <= set(frame["quantity"])
