@@ -54,7 +54,7 @@ __all__ = ["DETAILS", "Recorder", "instrument", "record"]
 DETAILS = ("full", "summary")
 _SWAPS: dict[type, type] = {nn.RNN: RNN, nn.GRU: GRU, nn.LSTM: LSTM}
 _SINK = "_gradscope_sink"
-_BLOCK = 16  # steps per batched recomputation of the gates
+_BLOCK_VALUES = 1 << 22  # gate values per batched recomputation of a block of steps (16 MiB in float32)
 
 
 def _scan_coefficients(cell: str, gates: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -239,18 +239,20 @@ class _LayerRecord:
     def _derived_blocks(self) -> Iterator[dict[str, Tensor]]:
         """Gates (and the LSTM's c) from the recorded x and h, a block of steps at a time, in the order run.
 
-        Each block is one batched cell call over ``_BLOCK`` steps; blocks keep temporaries small. For
-        the LSTM, :math:`c_t = f_t \\odot c_{t-1} + i_t \\odot g_t` is then scanned step by step.
+        Each block is one batched cell call over as many steps as hold about ``_BLOCK_VALUES`` gate
+        values: blocks keep temporaries small (and large fresh allocations are slow). For the LSTM,
+        :math:`c_t = f_t \\odot c_{t-1} + i_t \\odot g_t` is then scanned step by step.
         """
         h0, c0, (w_ih, w_hh, b_ih, b_hh), step, direction = self._inputs
         x, h = self.values["x"], self.values["h"]
         steps, batch, width = h.shape
         names = GATE_NAMES[self.cell]
-        starts = range(0, steps, _BLOCK)
+        size = max(1, _BLOCK_VALUES // (batch * width * max(1, len(names))))
+        starts = range(0, steps, size)
         c_prev = c0
         with torch.no_grad():
             for lo in starts if direction == "forward" else reversed(starts):
-                hi = min(lo + _BLOCK, steps)
+                hi = min(lo + size, steps)
                 n = hi - lo
                 if direction == "forward":
                     h_prev = h[lo - 1 : hi - 1] if lo > 0 else torch.cat([h0[None], h[: hi - 1]])
@@ -287,7 +289,7 @@ class _LayerRecord:
                     value = norm_stats(value) if name == "c" else gate_stats(value, self.gate_ranges[name])
                 parts.setdefault(name, []).append(value)
         self._derived = True
-        derived = {name: torch.cat(p if forward else p[::-1]) for name, p in parts.items()}
+        derived = {name: p[0] if len(p) == 1 else torch.cat(p if forward else p[::-1]) for name, p in parts.items()}
         if "c" in derived:
             self.values["c"] = derived.pop("c")
         coefficients = (derived.pop("_keep"), derived.pop("_scale")) if scan_coefficients else None
@@ -419,8 +421,9 @@ def record(model: nn.Module, detail: str = "full", path: str | None = None) -> I
     Args:
         model: any ``nn.Module``; the root itself may be a recurrent layer.
         detail: ``"full"`` keeps every tensor of :class:`~gradscope.trace.LayerTrace`; ``"summary"``
-            keeps per-step reductions over the batch (:class:`~gradscope.trace.LayerSummary`), so memory
-            does not grow with the batch size.
+            keeps per-step reductions over the batch (:class:`~gradscope.trace.LayerSummary`), so what
+            it keeps does not grow with the batch size (the pass itself still holds ``[T, B, M]``
+            temporaries until its backward).
         path: ``"fused"``, ``"unrolled"`` or ``"auto"`` forces that path on every layer in the block
             (see :attr:`gradscope.layers.RecurrentLayer.path`); None (the default) leaves each layer's
             own, ``"auto"`` unless set. Both paths record the same trace.

@@ -10,6 +10,7 @@ import torch
 from conftest import CELLS, TOL, initial_state, weighted_loss
 
 import gradscope
+from gradscope import recording
 from gradscope.layers import RecurrentLayer
 from gradscope.recording import _FusedGradients
 
@@ -91,12 +92,18 @@ def test_paths_agree_whichever_outputs_the_loss_reaches(kind, reaches):
 
 
 @pytest.mark.parametrize("kind", list(CELLS))
-def test_paths_agree_in_summary_detail(kind):
+@pytest.mark.parametrize("block_steps", [None, 1, 3], ids=["one-block", "1-step-blocks", "3-step-blocks"])
+def test_paths_agree_in_summary_detail_and_with_the_full_trace(monkeypatch, kind, block_steps):
+    """Summary detail recomputes gates in blocks of steps (the scans carry across blocks) and reduces them."""
     layer = CELLS[kind][0](3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
     x = torch.randn(11, 5, 3, dtype=torch.float64)
-    frames = {path: _record(layer, x, None, path, detail="summary")[0].to_frame() for path in ("fused", "unrolled")}
-    assert len(frames["fused"]) > 0
-    pd.testing.assert_frame_equal(frames["fused"], frames["unrolled"], rtol=1e-10)
+    full = _record(layer, x, None, "unrolled")[0].to_frame()
+    if block_steps is not None:
+        monkeypatch.setattr(recording, "_BLOCK_VALUES", block_steps * 5 * 4)  # B * M per step
+    for path in ("fused", "unrolled"):
+        summary = _record(layer, x, None, path, detail="summary")[0].to_frame()
+        assert len(summary) == len(full) > 0
+        pd.testing.assert_frame_equal(summary, full, rtol=1e-10)
 
 
 def test_a_single_step_sequence_and_unbatched_input():
