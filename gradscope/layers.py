@@ -96,7 +96,7 @@ class RecurrentLayer:
 
         ``"auto"`` takes the fused path wherever torch has the kernel, except to record an RNN or GRU on
         the CPU: torch's CPU kernels for these are themselves a loop of steps, and the probe input's extra
-        width costs more than the Python loop saves (``benchmarks/RESULTS.md``).
+        width costs more than the Python loop saves (``benchmarks/RESULTS-paths.md``).
         """
         path = self.path if path is None else path
         if path not in PATHS:
