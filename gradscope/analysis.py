@@ -262,7 +262,7 @@ def _step_jacobians(lt: LayerTrace, samples: Sequence[int] | None) -> Iterator[t
 
     def one_step(state: Tensor, gi: Tensor) -> Tensor:
         h_prev, c_prev = (state[:width], state[width:]) if lstm else (state, None)
-        h_new, c_new, _ = lt.step(gi[None], h_prev[None], None if c_prev is None else c_prev[None], w_hh, b_hh, None)
+        h_new, c_new, _ = lt.step(gi[None], h_prev[None], None if c_prev is None else c_prev[None], w_hh, b_hh)
         return torch.cat([h_new[0], c_new[0]]) if lstm else h_new[0]
 
     jacobian = torch.func.vmap(torch.func.jacrev(one_step))

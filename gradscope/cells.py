@@ -152,7 +152,6 @@ def lstm_cell(
     b_hh: Tensor | None,
     cell_activation: str = "tanh",
     hidden_activation: str = "tanh",
-    c_probe: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
     r"""One step of the LSTM with the seed's two activations :math:`f_c` (candidate) and :math:`f_h` (output).
 
@@ -170,8 +169,6 @@ def lstm_cell(
         gi: input projection ``[B, 4M]`` (blocks i, f, g, o). h, c: ``[B, M]``.
         w_hh: ``[4M, M]``. b_hh: ``[4M]`` or None.
         cell_activation, hidden_activation: names from :data:`ACTIVATIONS`.
-        c_probe: a zero tensor added to :math:`c_t` before :math:`h_t` is computed from it, so that its
-            gradient is the total :math:`\partial L / \partial c_t` (used by recording); None adds nothing.
 
     Returns:
         ``(h_t, c_t, (i_t, f_t, g_t, o_t))``, each ``[B, M]``.
@@ -182,7 +179,5 @@ def lstm_cell(
     i, f, _, o = torch.sigmoid(pre).chunk(4, -1)
     g = ACTIVATIONS[cell_activation](pre[..., 2 * m : 3 * m])
     c_new = torch.addcmul(f * c, i, g)
-    if c_probe is not None:
-        c_new = c_new + c_probe
     h_new = o * ACTIVATIONS[hidden_activation](c_new)
     return h_new, c_new, (i, f, g, o)

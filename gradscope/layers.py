@@ -9,8 +9,7 @@ Two paths compute a layer. The *fused* path calls torch's own kernel (oneDNN or 
 cuDNN on GPU), one call per layer and direction; it exists for the options torch supports (tanh or relu
 RNN, ``reset="after"`` GRU, tanh/tanh LSTM). The *unrolled* path is a Python loop over
 :mod:`gradscope.cells`, for every option, and is the reference the fused path is tested against.
-``path="auto"`` (the default) takes the fused path wherever it exists, except to record an RNN or GRU
-on the CPU; see :attr:`RecurrentLayer.path`.
+``path="auto"`` (the default) takes the fused path wherever it exists; see :attr:`RecurrentLayer.path`.
 
 Shapes: ``B`` batch, ``T`` steps, ``D`` input features, ``M`` hidden units, ``L`` layers,
 ``K`` directions (1 or 2).
@@ -37,21 +36,21 @@ _DIRECTIONS = ("forward", "backward")
 PATHS = ("auto", "fused", "unrolled")
 State = tuple[Tensor, Tensor | None]
 Step = Callable[..., tuple[Tensor, "Tensor | None", tuple[Tensor, ...]]]
-"""``step(gi, h, c, w_hh, b_hh, c_probe) -> (h_t, c_t, gates)``: one cell step in a uniform signature
-(``c`` and ``c_probe`` are None and ``c_t`` is None except for the LSTM; gates in torch's order)."""
+"""``step(gi, h, c, w_hh, b_hh) -> (h_t, c_t, gates)``: one cell step in a uniform signature
+(``c`` and ``c_t`` are None except for the LSTM; gates in torch's order)."""
 
 
-def _rnn_step(gi, h, c, w_hh, b_hh, c_probe, *, nonlinearity):  # type: ignore[no-untyped-def]
+def _rnn_step(gi, h, c, w_hh, b_hh, *, nonlinearity):  # type: ignore[no-untyped-def]
     return rnn_cell(gi, h, w_hh, b_hh, nonlinearity), None, ()
 
 
-def _gru_step(gi, h, c, w_hh, b_hh, c_probe, *, reset):  # type: ignore[no-untyped-def]
+def _gru_step(gi, h, c, w_hh, b_hh, *, reset):  # type: ignore[no-untyped-def]
     h_new, gates = gru_cell(gi, h, w_hh, b_hh, reset)
     return h_new, None, gates
 
 
-def _lstm_step(gi, h, c, w_hh, b_hh, c_probe, *, cell_activation, hidden_activation):  # type: ignore[no-untyped-def]
-    return lstm_cell(gi, h, c, w_hh, b_hh, cell_activation, hidden_activation, c_probe)
+def _lstm_step(gi, h, c, w_hh, b_hh, *, cell_activation, hidden_activation):  # type: ignore[no-untyped-def]
+    return lstm_cell(gi, h, c, w_hh, b_hh, cell_activation, hidden_activation)
 
 
 class RecurrentLayer:
@@ -64,9 +63,8 @@ class RecurrentLayer:
     _torch_class: ClassVar[type[nn.RNNBase]]
     _gradscope_sink: Any = None  # set on the instance by gradscope.record while recording
     path: str = "auto"
-    """Which path computes this layer: ``"auto"`` (fused where torch supports the options, except when
-    recording an RNN or GRU on the CPU; else unrolled), ``"fused"`` (an error where torch does not
-    support the options) or ``"unrolled"``. Set it on an instance;
+    """Which path computes this layer: ``"auto"`` (fused where torch supports the options, else
+    unrolled), ``"fused"`` (an error where torch does not support the options) or ``"unrolled"``. Set it on an instance;
     ``gradscope.record(model, path=...)`` overrides it for the recorded block."""
 
     # Attributes provided by torch.nn.RNNBase.
@@ -91,12 +89,10 @@ class RecurrentLayer:
         """torch's fused sequence op for this layer's options (``torch.lstm``, ...), or None with the reason."""
         raise NotImplementedError
 
-    def _fused(self, path: str | None, recording: bool) -> bool:
+    def _fused(self, path: str | None) -> bool:
         """Whether the fused path computes this pass, for ``path`` (the record's) or else ``self.path``.
 
-        ``"auto"`` takes the fused path wherever torch has the kernel, except to record an RNN or GRU on
-        the CPU: torch's CPU kernels for these are themselves a loop of steps, and the probe input's extra
-        width costs more than the Python loop saves (``benchmarks/RESULTS-paths.md``).
+        ``"auto"`` takes it wherever torch has the kernel (``benchmarks/RESULTS-paths.md`` compares the two).
         """
         path = self.path if path is None else path
         if path not in PATHS:
@@ -104,10 +100,7 @@ class RecurrentLayer:
         op, reason = self.fused_op()
         if path == "fused" and op is None:
             raise ValueError(f"path='fused' is not available for this {type(self).__name__}: {reason}")
-        if op is None or path == "unrolled":
-            return False
-        cpu_loop = self.cell != "lstm" and self.weight_ih_l0.device.type == "cpu"  # type: ignore[attr-defined]
-        return path == "fused" or not (recording and cpu_loop)
+        return op is not None and path != "unrolled"
 
     @classmethod
     def _options(cls, module: nn.Module) -> dict[str, Any]:
@@ -223,34 +216,56 @@ class RecurrentLayer:
     def _run_fused(
         self, x: Tensor, layer: int, direction: str, h0: Tensor, c0: Tensor | None, record: Any
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """One layer in one direction through torch's fused op, recorded with probe inputs.
+        """One layer in one direction through torch's op (one call; a backward direction on the reversed input).
 
-        The op runs on ``[x_t, p_t]`` with ``p ≡ 0`` of width M and ``weight_ih`` extended by (a
-        detached) ``W_hh``: outputs are unchanged and ``p``'s gradient is :math:`W_{hh}^T \\partial L /
-        \\partial \\text{gates}_t`, from which the recording reassembles every per-step gradient (see
-        :mod:`gradscope.recording`). A backward direction runs on the time-reversed sequence.
+        Recorded, torch's RNN and GRU on the CPU (a loop of autograd operations) run on the probed input
+        and the recording hooks the node of each step's state. Otherwise (oneDNN's LSTM, cuDNN, or a loop
+        whose graph is not as expected) the op runs on ``[x_t, p_t]`` with ``p ≡ 0`` of width M and
+        ``weight_ih`` extended by (a detached) ``W_hh``: outputs are unchanged and ``p``'s gradient is
+        :math:`W_{hh}^T \\partial L / \\partial \\text{gates}_t`, from which the recording reassembles
+        every per-step gradient. See :mod:`gradscope.recording`.
         """
         op, _ = self.fused_op()
         weights = self._weights(layer, direction)
+        recording = record is not None and torch.is_grad_enabled()
+        result = None
+        if recording and self.cell != "lstm" and x.device.type == "cpu":
+            probed = record.probe_x(x)
+            result = self._call(op, probed if direction == "forward" else probed.flip(0), h0, c0, weights)
+            if not record.watch_steps(result[0], result[1], direction):
+                result = None
+        if result is None:
+            run_x = x if direction == "forward" else x.flip(0)
+            if recording:
+                w_ih, w_hh, b_ih, b_hh = weights
+                run_x = record.probe_input(run_x, self.hidden_size)
+                result = self._call(op, run_x, h0, c0, (torch.cat([w_ih, w_hh.detach()], dim=1), w_hh, b_ih, b_hh))
+                record.watch_outputs(*result)
+            else:
+                result = self._call(op, run_x, h0, c0, weights)
+        out, h_n, c_n = result
+        out = out if direction == "forward" else out.flip(0)
+        if record is not None:
+            record.store(x, out, h0, c0, weights, self.step_function(), direction)
+        return out, h_n[0], None if c_n is None else c_n[0]
+
+    @staticmethod
+    def _call(
+        op: Callable[..., Any],
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor | None,
+        weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """torch's op on ``x`` ``[T, B, D]``, one layer and direction: ``(out, h_n, c_n)``, states ``[1, B, M]``."""
         w_ih, w_hh, b_ih, b_hh = weights
-        run_x = x if direction == "forward" else x.flip(0)
-        probed = record.probe_input(run_x, self.hidden_size) if record is not None else None
-        if probed is not None:
-            run_x, w_ih = probed, torch.cat([w_ih, w_hh.detach()], dim=1)
         params = [w_ih, w_hh] if b_ih is None else [w_ih, w_hh, b_ih, b_hh]
         hx = (h0[None], c0[None]) if c0 is not None else h0[None]
         grad = torch.is_grad_enabled()  # cuDNN's backward needs train=True; dropout is 0 either way
         with warnings.catch_warnings():  # cuDNN: these weights are not one flat buffer; it copies them
             warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
-            result = op(run_x, hx, params, b_ih is not None, 1, 0.0, grad, False, False)
-        out, h_n = result[0], result[1][0]
-        c_n = result[2][0] if c0 is not None else None
-        if record is not None:
-            record.watch_outputs(out, h_n, c_n)
-        out = out if direction == "forward" else out.flip(0)
-        if record is not None:
-            record.store(x, out, h0, c0, weights, self.step_function(), direction)
-        return out, h_n, c_n
+            result = op(x, hx, params, b_ih is not None, 1, 0.0, grad, False, False)
+        return result[0], result[1], result[2] if c0 is not None else None
 
     def _run_direction(
         self, x: Tensor, layer: int, direction: str, h: Tensor, c: Tensor | None, record: Any
@@ -259,16 +274,12 @@ class RecurrentLayer:
         weights = self._weights(layer, direction)
         w_ih, w_hh, b_ih, b_hh = weights
         step = self.step_function()
-        steps, batch, width = x.shape[0], x.shape[1], self.hidden_size
+        steps = x.shape[0]
         h0, c0 = h, c
-        ph = pc = None
+        watch = None
         if record is not None:
-            probe_x = record.probe("x", x.shape, x)
-            x = x if probe_x is None else x + probe_x
-            probe_h = record.probe("h", (steps, batch, width), x)
-            probe_c = record.probe("c", (steps, batch, width), x) if c is not None else None
-            ph = probe_h.unbind(0) if probe_h is not None else None
-            pc = probe_c.unbind(0) if probe_c is not None else None
+            x = record.probe_x(x)
+            watch = record.state_hooks(steps, direction, c is not None)
         if self.cell != "gru" and b_ih is not None:  # b_hh only adds to gi: one add for all steps
             b_ih, b_hh = b_ih + b_hh, None
         # unbind once: slicing a tensor that requires grad step by step costs O(T^2) in backward
@@ -276,9 +287,9 @@ class RecurrentLayer:
         hs: list[Tensor] = [x] * steps  # placeholders, every index is overwritten
         order = range(steps) if direction == "forward" else range(steps - 1, -1, -1)
         for t in order:
-            h, c, _ = step(gi[t], h, c, w_hh, b_hh, pc[t] if pc is not None else None)
-            if ph is not None:
-                h = h + ph[t]
+            h, c, _ = step(gi[t], h, c, w_hh, b_hh)
+            if watch is not None:
+                watch(t, h, c)
             hs[t] = h
         out = torch.stack(hs)
         if record is not None:
@@ -300,10 +311,10 @@ class RecurrentLayer:
         x, batched = self._check_input(input)
         h0, c0 = self._initial_state(hx, x, batched)
         sink = self._gradscope_sink
-        if sink is None and self._fused(None, recording=False):
+        if sink is None and self._fused(None):
             return self._torch_class.forward(self, input, hx)  # type: ignore[arg-type]
         path, new_record = sink(self) if sink is not None else (None, None)
-        run = self._run_fused if self._fused(path, recording=True) else self._run_direction
+        run = self._run_fused if self._fused(path) else self._run_direction
         directions = _DIRECTIONS[: 2 if self.bidirectional else 1]
         h_n: list[Tensor] = []
         c_n: list[Tensor | None] = []

@@ -1,28 +1,35 @@
 """Recording per-step BPTT gradients and gate values of the recurrent layers inside any model.
 
-How the gradients are captured: while recording, a layer adds a zero *probe* tensor (a leaf that
-requires grad) to its input and to every state it computes, :math:`\\tilde h_t = h_t + p_t`, and uses
-:math:`\\tilde h_t` everywhere (output and recurrence). Values are unchanged, and the gradient that
-backward delivers to :math:`p_t` is exactly the total derivative :math:`\\partial L / \\partial h_t`
-through time, what ``retain_grad()`` on ``h_t`` gives in an unrolled loop. One probe tensor per
-quantity and direction (its steps taken with one ``unbind``) carries one tensor hook, owned by the
-recording; no hook is ever placed on a user's module, parameter or tensor.
+How the gradients are captured depends on how the layer ran (see :mod:`gradscope.layers`). Every way
+gives, for each step, the total derivative :math:`\\partial L / \\partial h_t` through time (output and
+recurrence together), what ``retain_grad()`` on ``h_t`` gives in an unrolled loop, and likewise
+:math:`\\partial L / \\partial c_t` and :math:`\\partial L / \\partial x_t`. No hook is ever placed on a
+user's module, parameter or tensor; values are never changed.
 
-On the fused path (torch's own kernel, see :mod:`gradscope.layers`) there is no per-step state to add a
-probe to. The kernel runs instead on the input extended by a zero probe :math:`p_t` of width M, with
-``weight_ih`` extended by :math:`W_{hh}`, so that :math:`p`'s gradient is :math:`e_t = W_{hh}^T
-\\partial L / \\partial a_t` (:math:`a_t` the gate pre-activations). With :math:`g_t` the gradient
-arriving at output t (a hook on the output), the total gradients follow in time order:
+- The input: the layer adds a zero *probe* (a scalar leaf that requires grad, expanded to the input's
+  shape) to its input once; the probe's gradient is :math:`\\partial L / \\partial x_t`.
+- The unrolled loop: one hook on each ``h_t`` (and ``c_t``) the loop computes, which receives the
+  gradient summed over all its uses.
+- torch's RNN and GRU kernels on the CPU: these are themselves a loop of autograd operations whose output
+  is the stack of the steps' states, so a pre-hook on the autograd node that made each ``h_t`` receives
+  the same total gradient. The recording checks that structure (one node per step, the last also making
+  ``h_n``) and otherwise uses the probe input below.
+- A fused kernel (oneDNN's LSTM, cuDNN): there is no per-step state to hook. The kernel runs instead on the
+  input extended by a zero probe :math:`p_t` of width M, with ``weight_ih`` extended by :math:`W_{hh}`,
+  so that :math:`p`'s gradient is :math:`e_t = W_{hh}^T \\partial L / \\partial a_t` (:math:`a_t` the gate
+  pre-activations). With :math:`g_t` the gradient arriving at output t (a hook on the output), the total
+  gradients follow in time order:
 
-- RNN, LSTM: :math:`\\partial L / \\partial h_{t-1} = g_{t-1} + e_t`;
-- LSTM: :math:`\\partial L / \\partial c_{t-1} = \\partial L / \\partial h_{t-1} \\odot o_{t-1} \\odot
-  (1 - \\tanh^2 c_{t-1}) + f_t \\odot \\partial L / \\partial c_t`, an elementwise reverse scan;
-- GRU: :math:`W_{hn}` enters :math:`n_t` scaled by :math:`r_t` and :math:`h_{t-1}` also reaches
-  :math:`h_t` directly through :math:`z_t`, so :math:`\\partial L / \\partial h_{t-1} = g_{t-1} + e_t +
-  z_t \\odot \\delta_t + W_{hn}^T ((r_t - 1) \\odot (1 - z_t) \\odot (1 - n_t^2) \\odot \\delta_t)`
-  with :math:`\\delta_t = \\partial L / \\partial h_t`, a reverse scan with one M×M product a step.
+  - RNN, LSTM: :math:`\\partial L / \\partial h_{t-1} = g_{t-1} + e_t`;
+  - LSTM: :math:`\\partial L / \\partial c_{t-1} = \\partial L / \\partial h_{t-1} \\odot o_{t-1} \\odot
+    (1 - \\tanh^2 c_{t-1}) + f_t \\odot \\partial L / \\partial c_t`, an elementwise reverse scan;
+  - GRU: :math:`W_{hn}` enters :math:`n_t` scaled by :math:`r_t` and :math:`h_{t-1}` also reaches
+    :math:`h_t` directly through :math:`z_t`, so :math:`\\partial L / \\partial h_{t-1} = g_{t-1} + e_t +
+    z_t \\odot \\delta_t + W_{hn}^T ((r_t - 1) \\odot (1 - z_t) \\odot (1 - n_t^2) \\odot \\delta_t)`
+    with :math:`\\delta_t = \\partial L / \\partial h_t`, a reverse scan with one M×M product a step.
 
-The gates these need are recomputed from the recorded states with batched matmuls, as for the trace.
+Gates (and the LSTM's :math:`c_t` where a kernel ran) are recomputed from the recorded states with
+batched matmuls.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from gradscope.trace import (
     Trace,
     gate_stats,
     norm_stats,
+    stats_of_norms,
 )
 
 __all__ = ["DETAILS", "Recorder", "instrument", "record"]
@@ -54,7 +62,9 @@ __all__ = ["DETAILS", "Recorder", "instrument", "record"]
 DETAILS = ("full", "summary")
 _SWAPS: dict[type, type] = {nn.RNN: RNN, nn.GRU: GRU, nn.LSTM: LSTM}
 _SINK = "_gradscope_sink"
-_BLOCK_VALUES = 1 << 22  # gate values per batched recomputation of a block of steps (16 MiB in float32)
+# values per block of steps computed at once: gates recomputed (full detail: 16 MiB in float32), or
+# gates and gradients reduced to statistics (summary detail: small, so that its peak memory stays low)
+_BLOCK_VALUES = {"full": 1 << 22, "summary": 1 << 18}
 
 
 def _scan_coefficients(cell: str, gates: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -96,7 +106,7 @@ class _FusedGradients:
         dh = arriving["out"].clone() if "out" in arriving else torch.zeros_like(grad[..., -width:])
         dh[:-1] += grad[1:, :, -width:]
         if "h_n" in arriving:
-            dh[-1] += arriving["h_n"]
+            dh[-1] += arriving["h_n"][0]
         dc = None
         if record.cell != "rnn":
             if record.detail == "summary" and self.coefficients is None:
@@ -113,7 +123,7 @@ class _FusedGradients:
             if record.cell == "lstm":
                 dc = dh * scale
                 if "c_n" in arriving:
-                    dc[-1] += arriving["c_n"]
+                    dc[-1] += arriving["c_n"][0]
                 for t in range(dc.shape[0] - 2, -1, -1):
                     dc[t].addcmul_(keep[t + 1], dc[t + 1])
             else:
@@ -125,6 +135,53 @@ class _FusedGradients:
         record._on_grad("grad_h", in_time_order(dh))
         if dc is not None:
             record._on_grad("grad_c", in_time_order(dc))
+
+
+class _StepGradients:
+    """The total gradient of one state (``h`` or ``c``) at every step, each caught by a hook on that step.
+
+    The hooks are on the loop's own ``h_t`` / ``c_t`` (unrolled path) or on the autograd node that made
+    each ``h_t`` (torch's CPU loop). Backward reaches the first step run last: its hook stacks the steps,
+    in time order, for the record (a step no gradient reached is zero). Summary detail keeps only each
+    step's norms over features, taken a block of steps at a time. Only the hooks hold this, so it lives
+    no longer than the autograd graph.
+    """
+
+    def __init__(self, record: _LayerRecord, quantity: str, steps: int, direction: str) -> None:
+        self.record = record
+        self.quantity = quantity
+        self.norms = record.detail == "summary"
+        self.last = 0 if direction == "forward" else steps - 1
+        self.rows: list[Tensor | None] = [None] * steps
+        self.unreduced: list[int] = []  # summary detail: steps whose row is still the gradient
+
+    def at(self, t: int, grad: Tensor | None) -> None:
+        """The total gradient of step ``t``'s state (None: none reached it in this backward)."""
+        if grad is not None:
+            self.rows[t] = grad.detach()
+            if self.norms:
+                self.unreduced.append(t)
+                if len(self.unreduced) * grad.numel() >= _BLOCK_VALUES["summary"]:
+                    self._reduce()
+        if t == self.last:
+            self._reduce()
+            rows, self.rows = self.rows, [None] * len(self.rows)
+            reached = [row for row in rows if row is not None]
+            if reached:
+                zero = torch.zeros_like(reached[0])
+                stacked = torch.stack([zero if row is None else row for row in rows])
+                self.record._on_grad(self.quantity, stacked, norms=self.norms)
+
+    def at_node_output(self, t: int, output: int, grad_outputs: tuple[Tensor | None, ...]) -> None:
+        """A pre-hook on the autograd node whose output number ``output`` is step ``t``'s state."""
+        self.at(t, grad_outputs[output])
+
+    def _reduce(self) -> None:
+        if self.unreduced:
+            norms = torch.linalg.vector_norm(torch.stack([self.rows[t] for t in self.unreduced]), dim=-1)  # type: ignore[misc]
+            for t, row in zip(self.unreduced, norms.unbind(0), strict=True):
+                self.rows[t] = row
+            self.unreduced = []
 
 
 class _LayerRecord:
@@ -149,28 +206,62 @@ class _LayerRecord:
         self._derived = False
         self._fused: _FusedGradients | None = None  # between probe_input and store, on the fused path
 
-    def probe(self, quantity: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
-        """A zero tensor of ``shape`` (dtype and device of ``like``) whose gradient becomes ``grad_<quantity>``.
+    def probe_x(self, x: Tensor) -> Tensor:
+        """``x`` ``[T, B, D]`` plus a zero probe whose gradient becomes ``grad_x``; ``x`` itself when autograd is off.
 
-        It is a zero scalar leaf expanded to ``shape``: no memory, yet its gradient is the full
-        ``[T, B, F]`` tensor. None when autograd is off (no_grad / inference mode): values are still
-        recorded.
+        The probe is a zero scalar leaf expanded to ``x``'s shape: no memory, yet its gradient is the full
+        ``[T, B, D]`` tensor. With autograd off (no_grad / inference mode) values are still recorded.
         """
         if not torch.is_grad_enabled():
-            return None
-        zero = torch.zeros((), dtype=like.dtype, device=like.device, requires_grad=True)
-        p = zero.expand(shape)
-        p.register_hook(partial(self._on_grad, "grad_" + quantity))
-        return p
+            return x
+        zero = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+        p = zero.expand(x.shape)
+        p.register_hook(partial(self._on_grad, "grad_x"))
+        return x + p
 
-    def probe_input(self, x: Tensor, width: int) -> Tensor | None:
-        """Fused path: ``x`` ``[T, B, D]`` extended by a zero probe of ``width`` columns, ``[T, B, D + width]``.
+    def state_hooks(self, steps: int, direction: str, cell_state: bool) -> Callable[[int, Tensor, Tensor | None], None]:
+        """Unrolled path: ``watch(t, h_t, c_t)`` hooks step ``t``'s states for ``grad_h`` (and ``grad_c``).
+
+        Call it on every step the loop computes; it does nothing when autograd is off.
+        """
+        if not torch.is_grad_enabled():
+            return lambda t, h, c: None
+        grad_h = _StepGradients(self, "grad_h", steps, direction)
+        grad_c = _StepGradients(self, "grad_c", steps, direction) if cell_state else None
+
+        def watch(t: int, h: Tensor, c: Tensor | None) -> None:
+            h.register_hook(partial(grad_h.at, t))
+            if grad_c is not None and c is not None:
+                c.register_hook(partial(grad_c.at, t))
+
+        return watch
+
+    def watch_steps(self, out: Tensor, h_n: Tensor, direction: str) -> bool:
+        """torch's CPU loop: pre-hook the autograd node of every step's state for ``grad_h``.
+
+        ``out`` ``[T, B, M]`` and ``h_n`` ``[1, B, M]`` as the op returned them, in run order. True when
+        ``out`` is the stack of one node per step, the last of which also makes ``h_n``; otherwise (another
+        kernel) nothing is hooked and False is returned.
+        """
+        stack, final = out.grad_fn, h_n.grad_fn
+        if stack is None or final is None or stack.name() != "StackBackward0" or final.name() != "StackBackward0":
+            return False
+        edges, steps = stack.next_functions, out.shape[0]
+        nodes = [node for node, _ in edges]
+        if len(edges) != steps or None in nodes or len(set(nodes)) != steps or final.next_functions != edges[-1:]:
+            return False
+        grad_h = _StepGradients(self, "grad_h", steps, direction)
+        for i, (node, output) in enumerate(edges):
+            t = i if direction == "forward" else steps - 1 - i
+            node.register_prehook(partial(grad_h.at_node_output, t, output))
+        return True
+
+    def probe_input(self, x: Tensor, width: int) -> Tensor:
+        """Fused kernel: ``x`` ``[T, B, D]`` extended by a zero probe of ``width`` columns, ``[T, B, D + width]``.
 
         Its gradient becomes ``grad_x``, ``grad_h`` and ``grad_c`` once the op's backward has run (see the
-        module docstring). None when autograd is off.
+        module docstring). Only with autograd on.
         """
-        if not torch.is_grad_enabled():
-            return None
         zero = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
         probed = torch.cat([x, zero.expand(*x.shape[:-1], width)], dim=-1)
         self._fused = _FusedGradients(self)
@@ -178,7 +269,7 @@ class _LayerRecord:
         return probed
 
     def watch_outputs(self, out: Tensor, h_n: Tensor, c_n: Tensor | None) -> None:
-        """Fused path: hook the op's outputs for the gradients that arrive there."""
+        """Fused kernel: hook the outputs (``[T, B, M]``, states ``[1, B, M]``) for the gradients arriving there."""
         if self._fused is None:
             return
         for name, tensor in (("out", out), ("h_n", h_n), ("c_n", c_n)):
@@ -189,7 +280,8 @@ class _LayerRecord:
         self._derive(reduce=False)
         return _scan_coefficients(self.cell, {**self.gates, "c": self.values.get("c")})
 
-    def _on_grad(self, quantity: str, grad: Tensor) -> None:
+    def _on_grad(self, quantity: str, grad: Tensor, norms: bool = False) -> None:
+        """A gradient ``[T, B, F]`` in time order (summary detail: or, with ``norms``, its norms ``[T, B]``)."""
         grad = grad.detach()
         if self.detail == "summary":
             if quantity in self.grads:
@@ -198,7 +290,7 @@ class _LayerRecord:
                     "statistics of its gradients describe the latest backward only",
                     stacklevel=2,
                 )
-            self.grads[quantity] = norm_stats(grad)
+            self.grads[quantity] = stats_of_norms(grad) if norms else norm_stats(grad)
         elif quantity in self.grads:
             self.grads[quantity] = self.grads[quantity] + grad  # as .grad accumulates
         else:
@@ -240,14 +332,14 @@ class _LayerRecord:
         """Gates (and the LSTM's c) from the recorded x and h, a block of steps at a time, in the order run.
 
         Each block is one batched cell call over as many steps as hold about ``_BLOCK_VALUES`` gate
-        values: blocks keep temporaries small (and large fresh allocations are slow). For the LSTM,
+        values for the detail: blocks keep temporaries small (and large fresh allocations are slow). For the LSTM,
         :math:`c_t = f_t \\odot c_{t-1} + i_t \\odot g_t` is then scanned step by step.
         """
         h0, c0, (w_ih, w_hh, b_ih, b_hh), step, direction = self._inputs
         x, h = self.values["x"], self.values["h"]
         steps, batch, width = h.shape
         names = GATE_NAMES[self.cell]
-        size = max(1, _BLOCK_VALUES // (batch * width * max(1, len(names))))
+        size = max(1, _BLOCK_VALUES[self.detail] // (batch * width * max(1, len(names))))
         starts = range(0, steps, size)
         c_prev = c0
         with torch.no_grad():
@@ -260,7 +352,7 @@ class _LayerRecord:
                     h_prev = h[lo + 1 : hi + 1] if hi < steps else torch.cat([h[lo + 1 :], h0[None]])
                 gi = input_projection(x[lo:hi], w_ih, b_ih).reshape(n * batch, -1)
                 c_any = None if c0 is None else h_prev.new_zeros(n * batch, width)
-                _, _, gates = step(gi, h_prev.reshape(n * batch, width), c_any, w_hh, b_hh, None)
+                _, _, gates = step(gi, h_prev.reshape(n * batch, width), c_any, w_hh, b_hh)
                 block = {name: g.reshape(n, batch, width) for name, g in zip(names, gates, strict=True)}
                 if c0 is not None:
                     c = torch.empty_like(block["forget"])
@@ -276,7 +368,8 @@ class _LayerRecord:
 
         With ``scan_coefficients``, also returns the fused path's :func:`_scan_coefficients`, unreduced.
         """
-        if self._derived:
+        if self._derived or not (GATE_NAMES[self.cell] or self.cell == "lstm"):  # the RNN has nothing to derive
+            self._derived = True
             return None
         forward = self._inputs[4] == "forward"
         parts: dict[str, list[Tensor]] = {}

@@ -72,7 +72,12 @@ def norm_stats(values: Tensor) -> Tensor:
     Columns: mean, q10, q50, q90 over the batch, and NaN (saturation is not defined for norms).
     """
     with torch.no_grad():
-        norms = torch.linalg.vector_norm(values, dim=-1)
+        return stats_of_norms(torch.linalg.vector_norm(values, dim=-1))
+
+
+def stats_of_norms(norms: Tensor) -> Tensor:
+    """:func:`norm_stats` from the norms themselves, ``[T, B]`` → ``[T, 5]``."""
+    with torch.no_grad():
         nan = torch.full_like(norms[:, :1], float("nan"))
         return torch.cat([norms.mean(1, keepdim=True), _quantiles(norms), nan], dim=1)
 

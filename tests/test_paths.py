@@ -11,8 +11,9 @@ from conftest import CELLS, TOL, initial_state, weighted_loss
 
 import gradscope
 from gradscope import recording
+from gradscope.cells import GATE_NAMES
 from gradscope.layers import RecurrentLayer
-from gradscope.recording import _FusedGradients
+from gradscope.recording import _FusedGradients, _LayerRecord, _StepGradients
 
 ELIGIBLE = [
     ("rnn", {}),
@@ -99,7 +100,8 @@ def test_paths_agree_in_summary_detail_and_with_the_full_trace(monkeypatch, kind
     x = torch.randn(11, 5, 3, dtype=torch.float64)
     full = _record(layer, x, None, "unrolled")[0].to_frame()
     if block_steps is not None:
-        monkeypatch.setattr(recording, "_BLOCK_VALUES", block_steps * 5 * 4)  # B * M per step
+        values = block_steps * 5 * 4 * max(1, len(GATE_NAMES[kind]))  # B * M * gates per step
+        monkeypatch.setitem(recording._BLOCK_VALUES, "summary", values)  # also the gradients' blocks of norms
     for path in ("fused", "unrolled"):
         summary = _record(layer, x, None, path, detail="summary")[0].to_frame()
         assert len(summary) == len(full) > 0
@@ -132,14 +134,14 @@ def _spy_paths(monkeypatch):
     "kind,options,expected",
     [
         ("lstm", {}, "_run_fused"),
-        ("rnn", {"nonlinearity": "relu"}, "_run_direction"),  # on the CPU: see RecurrentLayer._fused
-        ("gru", {}, "_run_direction"),
+        ("rnn", {"nonlinearity": "relu"}, "_run_fused"),
+        ("gru", {}, "_run_fused"),
         ("gru", {"reset": "before"}, "_run_direction"),
         ("lstm", {"cell_activation": "relu"}, "_run_direction"),
         ("lstm", {"hidden_activation": "softsign"}, "_run_direction"),
     ],
 )
-def test_auto_records_through_torch_s_kernel_where_it_has_one_and_it_pays(monkeypatch, kind, options, expected):
+def test_auto_records_through_torch_s_kernel_where_it_has_one(monkeypatch, kind, options, expected):
     calls = _spy_paths(monkeypatch)
     layer = CELLS[kind][0](2, 3, num_layers=2, **options)
     with gradscope.record(layer):
@@ -205,9 +207,11 @@ def test_eval_mode_and_no_grad_on_the_fused_path():
     assert lt.grad_h is None and lt.gates["forget"].shape == (2, 6, 3)
 
 
-def test_repeated_backward_on_the_fused_path():
-    """Full detail accumulates like .grad; summary detail keeps the first backward (its scan inputs are freed)."""
-    layer = gradscope.GRU(2, 3, dtype=torch.float64)
+@pytest.mark.parametrize("kind,summary_keeps", [("lstm", "first"), ("gru", "latest")])
+def test_repeated_backward_on_the_fused_path(kind, summary_keeps):
+    """Full detail accumulates like .grad. Summary detail keeps the first backward through a fused kernel (its
+    scan inputs are freed), the latest through torch's hooked CPU loop (as on the unrolled path)."""
+    layer = CELLS[kind][0](2, 3, dtype=torch.float64)
     for detail in ("full", "summary"):
         with gradscope.record(layer, detail=detail, path="fused") as rec:
             loss = layer(torch.randn(5, 2, 2, dtype=torch.float64))[0].pow(2).sum()
@@ -218,14 +222,14 @@ def test_repeated_backward_on_the_fused_path():
                 again = rec.trace.layer().to_frame().set_index(["quantity", "t"])
                 pd.testing.assert_series_equal(again.loc["grad_h", "mean"], 2 * once.loc["grad_h", "mean"])
             else:
-                with pytest.warns(UserWarning, match="first backward only"):
+                with pytest.warns(UserWarning, match=f"{summary_keeps} backward only"):
                     loss.backward()
                 pd.testing.assert_frame_equal(rec.trace.layer().to_frame().set_index(["quantity", "t"]), once)
 
 
-def _alive():
+def _alive(kind=_FusedGradients):
     gc.collect()
-    return [o for o in gc.get_objects() if type(o) is _FusedGradients]
+    return [o for o in gc.get_objects() if type(o) is kind]
 
 
 @pytest.mark.parametrize("detail", ["full", "summary"])
@@ -242,3 +246,37 @@ def test_the_fused_path_keeps_nothing_alive_after_backward(detail):
     assert _alive() == []
     frame = rec.trace.layer(layer=1, direction="backward").to_frame()
     assert {"grad_h", "grad_c"} <= set(frame["quantity"])
+
+
+@pytest.mark.parametrize("path", ["fused", "unrolled"])
+def test_step_hooks_keep_nothing_alive_after_backward(path):
+    """The per-step hooks (torch's CPU loop, the unrolled loop) live on the autograd graph, and go with it."""
+    layer = gradscope.GRU(2, 3, num_layers=2, bidirectional=True)
+    with gradscope.record(layer, path=path) as rec:
+        out, final = layer(torch.randn(5, 4, 2))
+        assert len(_alive(_StepGradients)) == 4
+        out.sum().backward()
+        del out, final
+    assert _alive(_StepGradients) == []
+    assert rec.trace.layer(layer=1, direction="backward").grad_h.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+def test_torch_s_cpu_loop_is_hooked_step_by_step_and_else_probed(monkeypatch, kind):
+    """On the CPU, torch's RNN and GRU record through hooks on each step's node, without the probe input's
+    extra width; where the graph is not the expected loop, the probe input gives the same trace."""
+    layer = CELLS[kind][0](3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x, hx = torch.randn(6, 2, 3, dtype=torch.float64), initial_state(layer, 2, torch.float64)
+    probed = []
+    original = _LayerRecord.probe_input
+    monkeypatch.setattr(_LayerRecord, "probe_input", lambda self, *a: probed.append(1) or original(self, *a))
+    hooked = _record(layer, x, hx, "fused")
+    assert probed == []
+    monkeypatch.setattr(_LayerRecord, "watch_steps", lambda self, *a: False)
+    fallback = _record(layer, x, hx, "fused")
+    assert len(probed) == 4
+    reference = _record(layer, x, hx, "unrolled")
+    for trace in (hooked, fallback):
+        _assert_same_traces(trace[0], reference[0], TOL[torch.float64])
+        for a, b in zip(trace[1], reference[1], strict=True):
+            torch.testing.assert_close(a, b, **TOL[torch.float64])
