@@ -185,7 +185,7 @@ class _StepGradients:
 
 
 class _LayerRecord:
-    """Collects one layer-direction of one pass: values at forward time, gradients from probe hooks."""
+    """Collects one layer-direction of one pass: values at forward time, gradients from hooks."""
 
     def __init__(
         self,
@@ -204,7 +204,7 @@ class _LayerRecord:
         self.shape: tuple[int, int] = (0, 0)
         self._inputs: tuple = ()  # (h0, c0, weights, step, direction) from the forward pass
         self._derived = False
-        self._fused: _FusedGradients | None = None  # between probe_input and store, on the fused path
+        self._fused: _FusedGradients | None = None  # between probe_input and store, for a fused kernel
 
     def probe_x(self, x: Tensor) -> Tensor:
         """``x`` ``[T, B, D]`` plus a zero probe whose gradient becomes ``grad_x``; ``x`` itself when autograd is off.

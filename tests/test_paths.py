@@ -1,4 +1,4 @@
-"""The fused path (torch's kernel with probe inputs) against the unrolled path: the same trace, chosen right."""
+"""The fused path (torch's kernel, hooked per step or probed) against the unrolled path: the same trace."""
 
 from __future__ import annotations
 
