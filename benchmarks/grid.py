@@ -20,7 +20,10 @@ variant (torch.profiler's allocation events on CPU, ``max_memory_allocated`` on 
 recording keeps while its Recorder lives, compared with the tensors its trace holds.
 
 Results go to a Markdown file (``--out``, default ``benchmarks/RESULTS.md``; ``-`` prints it instead),
-rewritten after every point, so an interrupted run keeps what it measured. Ratios, not absolute times,
+rewritten after every point, so an interrupted run keeps what it measured. The file has one section per
+cell, each from one run (its command, date, commit and machine at its head): a run replaces the sections
+of the cells it measures and keeps the others, so that the grid, hours long on a small CPU, can be
+measured one cell at a time. Ratios, not absolute times,
 are what to compare across machines. On a machine busy with other work, ``--threads`` below the number of
 cores avoids OpenMP's waits for a core, which can make small CPU kernels a hundred times slower.
 """
@@ -34,6 +37,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -309,11 +313,8 @@ def _summary_row(label: str, results: list[Result]) -> list[str]:
     ]
 
 
-def _markdown(results: list[Result], total: int, ratios: list[tuple[str, str]], device: torch.device) -> str:
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    device_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    cells = list(dict.fromkeys(r.point.cell for r in results))
-    summary_header = [
+def _summary_header() -> list[str]:
+    return [
         "cell",
         "points",
         *[f"{c} worst / median" for c in ("b/a", "c/a", "d1/d0", "peak b/a", "peak c/a", "peak d1/d0")],
@@ -321,17 +322,59 @@ def _markdown(results: list[Result], total: int, ratios: list[tuple[str, str]], 
         f"d1/d0 > {TRAIN_TIME_TARGET}",
         f"peak d1/d0 > {TRAIN_MEMORY_TARGET}",
     ]
-    summary_rows = [_summary_row(cell, [r for r in results if r.point.cell == cell]) for cell in cells]
-    if len(cells) > 1:
-        summary_rows.append(_summary_row("all", results))
+
+
+def _commit() -> str:
+    """The checkout's commit, marked when the library or the benchmarks' code differ from it; "unknown"
+    outside a git checkout."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=Path(__file__).parent.parent, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown"
+    changed = git("status", "--porcelain", "--", "gradscope", "benchmarks", ":(exclude)benchmarks/*.md")
+    return commit + (" with uncommitted changes" if changed else "")
+
+
+def _section(cell: str, results: list[Result], total: int, ratios: list[tuple[str, str]], run: list[str]) -> str:
+    """One cell's section: the run that measured it, its summary row and every point."""
+    return "\n".join(
+        [
+            f"## {cell}",
+            "",
+            *run,
+            f"- points: {len(results)} of {total}",
+            "",
+            *_table(_summary_header(), [_summary_row(cell, results)]),
+            "",
+            *_table(_header(ratios), [_row(r, ratios) for r in results]),
+        ]
+    )
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The cells' sections of a file this script wrote, by cell."""
+    found: dict[str, str] = {}
+    for part in ("\n" + text).split("\n## ")[1:]:
+        name = part.split("\n", 1)[0]
+        if name in TORCH_CELLS:
+            found[name] = f"## {part}".rstrip("\n")
+    return found
+
+
+def _markdown(sections: dict[str, str]) -> str:
+    """The whole file: column definitions and targets, a summary row per cell, then the cells' sections."""
+    cells = [cell for cell in TORCH_CELLS if cell in sections]
+    # a section's summary table comes before its table of points
+    summaries = [next(line for line in sections[c].splitlines() if line.startswith(f"| {c} | ")) for c in cells]
     lines = [
         "# gradscope recording overhead over a grid",
         "",
-        f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
-        f"- date: {datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- machine: {machine}, torch {torch.__version__}, torch threads: {torch.get_num_threads()}, "
-        f"device {device}{device_name}",
-        f"- points: {len(results)} of {total}",
+        "Each cell's section below comes from one run of `benchmarks/grid.py`, named at its head (a run",
+        "replaces the sections of the cells it measures).",
         "",
         "## Columns",
         "",
@@ -343,13 +386,10 @@ def _markdown(results: list[Result], total: int, ratios: list[tuple[str, str]], 
         f"{TRAIN_TIME_TARGET}, its peak memory d1/d0 ≤ {TRAIN_MEMORY_TARGET}; the last three columns count the "
         "points above them.",
         "",
-        *_table(summary_header, summary_rows),
-        "",
-        "## Every point",
-        "",
-        *_table(_header(ratios), [_row(r, ratios) for r in results]),
+        *_table(_summary_header(), []),
+        *summaries,
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n\n".join(sections[c] for c in cells) + "\n"
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -385,9 +425,30 @@ def main() -> None:
         Point(*values) for values in product(args.cells, args.layers, args.batch, args.steps, args.input, args.hidden)
     ]
     grid.sort(key=_work)  # cheapest first: an interrupted run has every cell at the smaller sizes
-    log = sys.stderr if args.out == "-" else sys.stdout
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    device_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    run = [
+        f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
+        f"- date: {datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- commit: {_commit()}",
+        f"- machine: {machine}, torch {torch.__version__}, torch threads: {torch.get_num_threads()}, "
+        f"device {device}{device_name}",
+    ]
+    out = None if args.out == "-" else Path(args.out)
+    previous = _sections(out.read_text()) if out is not None and out.exists() else {}
+    kept = {cell: section for cell, section in previous.items() if cell not in args.cells}
+    log = sys.stderr if out is None else sys.stdout
     print("\n".join(_table(_header(ratios), [])), file=log, flush=True)
     results: list[Result] = []
+
+    def markdown() -> str:
+        measured = {
+            cell: _section(cell, cell_results, sum(p.cell == cell for p in grid), ratios, run)
+            for cell in args.cells
+            if (cell_results := [r for r in results if r.point.cell == cell])
+        }
+        return _markdown(kept | measured)
+
     for point in grid:
         torch.manual_seed(args.seed)
         bench = Bench(point, paths, device)
@@ -395,10 +456,10 @@ def main() -> None:
         peak, retained, trace = (None, None, None) if args.no_memory else _memory(bench, device)
         results.append(Result(point, seconds, peak, retained, trace))
         print(_line(_row(results[-1], ratios)), file=log, flush=True)
-        if args.out != "-":
-            _write_atomically(Path(args.out), _markdown(results, len(grid), ratios, device))
-    if args.out == "-":
-        print(_markdown(results, len(grid), ratios, device), end="")
+        if out is not None:
+            _write_atomically(out, markdown())
+    if out is None:
+        print(markdown(), end="")
 
 
 if __name__ == "__main__":

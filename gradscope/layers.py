@@ -219,11 +219,12 @@ class RecurrentLayer:
         """One layer in one direction through torch's op (one call; a backward direction on the reversed input).
 
         Recorded, torch's RNN and GRU on the CPU (a loop of autograd operations) run on the probed input
-        and the recording hooks the node of each step's state. Otherwise (oneDNN's LSTM, cuDNN, or a loop
-        whose graph is not as expected) the op runs on ``[x_t, p_t]`` with ``p ≡ 0`` of width M and
-        ``weight_ih`` extended by (a detached) ``W_hh``: outputs are unchanged and ``p``'s gradient is
-        :math:`W_{hh}^T \\partial L / \\partial \\text{gates}_t`, from which the recording reassembles
-        every per-step gradient. See :mod:`gradscope.recording`.
+        and the recording hooks their graph (each step's state, or a small RNN's split input projection).
+        Otherwise (oneDNN's LSTM, cuDNN, or a loop whose graph is not as expected) the op runs on
+        ``[x_t, p_t]`` with ``p ≡ 0`` of width M and ``weight_ih`` extended by (a detached) ``W_hh``:
+        outputs are unchanged and ``p``'s gradient is :math:`W_{hh}^T \\partial L / \\partial
+        \\text{gates}_t`, from which the recording reassembles every per-step gradient. See
+        :mod:`gradscope.recording`.
         """
         op, _ = self.fused_op()
         weights = self._weights(layer, direction)

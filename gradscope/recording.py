@@ -12,8 +12,11 @@ user's module, parameter or tensor; values are never changed.
   gradient summed over all its uses.
 - torch's RNN and GRU kernels on the CPU: these are themselves a loop of autograd operations whose output
   is the stack of the steps' states, so a pre-hook on the autograd node that made each ``h_t`` receives
-  the same total gradient. The recording checks that structure (one node per step, the last also making
-  ``h_n``) and otherwise uses the probe input below.
+  the same total gradient. A small RNN instead gets every step's gradient from one hook on the split of
+  its input projection (see :class:`_ProjectionGradients`), and the GRU's gates are copied from the
+  values its graph saved. The recording checks each structure it relies on (one node per step, the last
+  also making ``h_n``; the nodes around each step) and otherwise uses the probe input below, or
+  recomputes the gates.
 - A fused kernel (oneDNN's LSTM, cuDNN): there is no per-step state to hook. The kernel runs instead on the
   input extended by a zero probe :math:`p_t` of width M, with ``weight_ih`` extended by :math:`W_{hh}`,
   so that :math:`p`'s gradient is :math:`e_t = W_{hh}^T \\partial L / \\partial a_t` (:math:`a_t` the gate
@@ -28,8 +31,8 @@ user's module, parameter or tensor; values are never changed.
     z_t \\odot \\delta_t + W_{hn}^T ((r_t - 1) \\odot (1 - z_t) \\odot (1 - n_t^2) \\odot \\delta_t)`
     with :math:`\\delta_t = \\partial L / \\partial h_t`, a reverse scan with one M×M product a step.
 
-Gates (and the LSTM's :math:`c_t` where a kernel ran) are recomputed from the recorded states with
-batched matmuls.
+Otherwise gates (and the LSTM's :math:`c_t` where a kernel ran) are recomputed from the recorded states
+with batched matmuls.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from functools import partial
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import Node
 
 from gradscope.cells import GATE_NAMES, input_projection
 from gradscope.layers import GRU, LSTM, PATHS, RNN, RecurrentLayer, Step
@@ -65,6 +69,10 @@ _SINK = "_gradscope_sink"
 # values per block of steps computed at once: gates recomputed (full detail: 16 MiB in float32), or
 # gates and gradients reduced to statistics (summary detail: small, so that its peak memory stays low)
 _BLOCK_VALUES = {"full": 1 << 22, "summary": 1 << 18}
+# torch's CPU RNN loop: up to this many multiply-adds a step (B·M²), batched products recover every step's
+# gradient from one hook more cheaply than a hook on each step does; beyond it, per-step hooks cost less
+# (both measured on a 2-core CPU: B=32 and 64, M=64 to 512)
+_PRODUCTS_PER_STEP = 1 << 20
 
 
 def _scan_coefficients(cell: str, gates: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -137,6 +145,57 @@ class _FusedGradients:
             record._on_grad("grad_c", in_time_order(dc))
 
 
+class _ProjectionGradients:
+    """torch's CPU RNN loop: every step's total :math:`\\partial L / \\partial h_t` from one hook and batched products.
+
+    The gradient of step t's slice of the input projection is :math:`\\delta_t = \\partial L / \\partial a_t`, the
+    pre-activation's, so :math:`\\partial L / \\partial h_{t-1} = g_{t-1} + W_{hh}^T \\delta_t` with :math:`g` the
+    gradient arriving at the output (and at ``h_n`` for the last step). A pre-hook on the node that splits
+    the projection receives every :math:`\\delta_t` at once, after the loop's backward; hooks on the output
+    and ``h_n`` receive :math:`g` before it. Summary detail reduces a block of steps at a time.
+    """
+
+    def __init__(self, record: _LayerRecord, direction: str) -> None:
+        self.record = record
+        self.direction = direction
+        self.arriving: dict[str, Tensor] = {}
+
+    def arrive(self, name: str, grad: Tensor) -> None:
+        """Hook on the op's output or ``h_n``: the gradient arriving there from the rest of the model."""
+        self.arriving[name] = grad.detach()
+
+    def on_split(self, grad_outputs: tuple[Tensor | None, ...]) -> None:
+        """Pre-hook on the split of the input projection: :math:`\\delta_t` of every step, run order."""
+        arriving, self.arriving = self.arriving, {}
+        out, h_n = arriving.get("out"), arriving.get("h_n")
+        reached = [d for d in grad_outputs if d is not None] or [v for v in (out, h_n) if v is not None]
+        if not reached:
+            return
+        w_hh = self.record._inputs[2][1]
+        steps, (batch, width) = len(grad_outputs), reached[0].shape[-2:]
+        norms = self.record.detail == "summary"
+        size = max(1, _BLOCK_VALUES["summary"] // (batch * width)) if norms else steps
+        blocks = []
+        with torch.no_grad():
+            unreached = reached[0].new_zeros(batch, width)  # a step's delta where no gradient reached it
+            for lo in range(0, steps, size):
+                hi = min(lo + size, steps)
+                dh = (
+                    out[lo:hi].clone(memory_format=torch.contiguous_format)
+                    if out is not None
+                    else reached[0].new_zeros(hi - lo, batch, width)
+                )
+                following = [unreached if d is None else d for d in grad_outputs[lo + 1 : hi + 1]]
+                if following:
+                    k = len(following)
+                    dh[:k].view(k * batch, width).addmm_(torch.stack(following).view(k * batch, width), w_hh)
+                if hi == steps and h_n is not None:
+                    dh[-1] += h_n[0]
+                blocks.append(torch.linalg.vector_norm(dh, dim=-1) if norms else dh)
+        grad = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+        self.record._on_grad("grad_h", grad.flip(0) if self.direction == "backward" else grad, norms=norms)
+
+
 class _StepGradients:
     """The total gradient of one state (``h`` or ``c``) at every step, each caught by a hook on that step.
 
@@ -184,6 +243,52 @@ class _StepGradients:
             self.unreduced = []
 
 
+def _input_node(parent: Node | None, index: int, name: str) -> Node | None:
+    """The autograd node behind input ``index`` of ``parent`` if it is named ``name``, else None.
+
+    A node's Python class has the node's name; reading it is much cheaper than calling ``name()``.
+    """
+    edges = () if parent is None else parent.next_functions
+    found = edges[index][0] if index < len(edges) else None
+    return found if type(found).__name__ == name else None
+
+
+def _projection_split(steps: list[Node]) -> Node | None:
+    """The node that splits torch's CPU RNN loop's input projection into steps, given each step's node, run order.
+
+    ATen projects the whole input at once and unbinds it; step ``i`` computes :math:`\\phi(W_{hh} h + b_{hh}
+    + \\text{projection}_i)`. None unless every step's node is an activation of such a sum whose second
+    input is output ``i`` of one shared unbind node.
+    """
+    split = None
+    for i, node in enumerate(steps):
+        activation = type(node).__name__ in ("TanhBackward0", "ReluBackward0")
+        add = _input_node(node, 0, "AddBackward0") if activation else None
+        if add is None or _input_node(add, 1, "UnbindBackward0") is None:
+            return None
+        found, output = add.next_functions[1]
+        if output != i or (split is not None and found is not split):
+            return None
+        split = found
+    return split
+
+
+def _saved_gru_gates(node: Node, shape: torch.Size) -> tuple[Tensor, ...] | None:
+    """``(r_t, z_t, n_t)`` as torch's CPU GRU step saved them for backward, from the node that made ``h_t``.
+
+    ATen's GRU cell computes :math:`h_t = (h_{t-1} - n_t) z_t + n_t` with :math:`n_t = \\tanh(i_n + (W_{hn}
+    h_{t-1} + b_{hn}) r_t)`, and its sigmoid and tanh nodes keep their results. None unless the graph has
+    exactly that shape and the three values are ``[B, M]`` (``shape``).
+    """
+    mul_z, tanh = _input_node(node, 0, "MulBackward0"), _input_node(node, 1, "TanhBackward0")
+    sigmoid_z = _input_node(mul_z, 1, "SigmoidBackward0")
+    sigmoid_r = _input_node(_input_node(_input_node(tanh, 0, "AddBackward0"), 1, "MulBackward0"), 1, "SigmoidBackward0")
+    if type(node).__name__ != "AddBackward0" or sigmoid_z is None or sigmoid_r is None or tanh is None:
+        return None
+    gates = tuple(n._saved_result for n in (sigmoid_r, sigmoid_z, tanh))  # type: ignore[attr-defined]
+    return gates if all(g.shape == shape for g in gates) else None
+
+
 class _LayerRecord:
     """Collects one layer-direction of one pass: values at forward time, gradients from hooks."""
 
@@ -205,6 +310,7 @@ class _LayerRecord:
         self._inputs: tuple = ()  # (h0, c0, weights, step, direction) from the forward pass
         self._derived = False
         self._fused: _FusedGradients | None = None  # between probe_input and store, for a fused kernel
+        self._saved_gates: list[tuple[Tensor, ...]] | None = None  # per step, from torch's GRU graph until derived
 
     def probe_x(self, x: Tensor) -> Tensor:
         """``x`` ``[T, B, D]`` plus a zero probe whose gradient becomes ``grad_x``; ``x`` itself when autograd is off.
@@ -237,11 +343,13 @@ class _LayerRecord:
         return watch
 
     def watch_steps(self, out: Tensor, h_n: Tensor, direction: str) -> bool:
-        """torch's CPU loop: pre-hook the autograd node of every step's state for ``grad_h``.
+        """torch's CPU loop: hook its graph for ``grad_h`` (and, for the GRU, copy out the gates it saved).
 
-        ``out`` ``[T, B, M]`` and ``h_n`` ``[1, B, M]`` as the op returned them, in run order. True when
-        ``out`` is the stack of one node per step, the last of which also makes ``h_n``; otherwise (another
-        kernel) nothing is hooked and False is returned.
+        ``out`` ``[T, B, M]`` and ``h_n`` ``[1, B, M]`` as the op returned them, in run order. A pre-hook on
+        the autograd node of every step's state, or, for a small enough RNN, one on the split of its input
+        projection (:class:`_ProjectionGradients`). True when ``out`` is the stack of one node per step,
+        the last of which also makes ``h_n``; otherwise (another kernel) nothing is hooked and False is
+        returned.
         """
         stack, final = out.grad_fn, h_n.grad_fn
         if stack is None or final is None or stack.name() != "StackBackward0" or final.name() != "StackBackward0":
@@ -250,10 +358,21 @@ class _LayerRecord:
         nodes = [node for node, _ in edges]
         if len(edges) != steps or None in nodes or len(set(nodes)) != steps or final.next_functions != edges[-1:]:
             return False
+        split = _projection_split(nodes) if self.cell == "rnn" else None
+        if split is not None and h_n.shape[1] * h_n.shape[2] ** 2 <= _PRODUCTS_PER_STEP:
+            gradients = _ProjectionGradients(self, direction)
+            split.register_prehook(gradients.on_split)
+            out.register_hook(partial(gradients.arrive, "out"))
+            h_n.register_hook(partial(gradients.arrive, "h_n"))
+            return True
         grad_h = _StepGradients(self, "grad_h", steps, direction)
         for i, (node, output) in enumerate(edges):
             t = i if direction == "forward" else steps - 1 - i
             node.register_prehook(partial(grad_h.at_node_output, t, output))
+        if self.cell == "gru":
+            gates = [_saved_gru_gates(node, h_n.shape[1:]) for node in nodes]
+            if None not in gates:
+                self._saved_gates = gates if direction == "forward" else gates[::-1]  # type: ignore[assignment]
         return True
 
     def probe_input(self, x: Tensor, width: int) -> Tensor:
@@ -319,6 +438,8 @@ class _LayerRecord:
         self._inputs = (h0.detach(), None if c0 is None else c0.detach(), frozen, step, direction)
         fused, self._fused = self._fused, None
         if self.detail == "full":
+            if self._saved_gates is not None:  # copied out now: backward frees them
+                self._derive(reduce=False)
             return
         scans = fused is not None and self.cell != "rnn"
         coefficients = self._derive(reduce=True, scan_coefficients=scans)
@@ -329,22 +450,29 @@ class _LayerRecord:
             self.gates["keep"] = self.gates[KEEP_GATE[self.cell]]
 
     def _derived_blocks(self) -> Iterator[dict[str, Tensor]]:
-        """Gates (and the LSTM's c) from the recorded x and h, a block of steps at a time, in the order run.
+        """Gates (and the LSTM's c), a block of steps at a time, in the order run.
 
-        Each block is one batched cell call over as many steps as hold about ``_BLOCK_VALUES`` gate
-        values for the detail: blocks keep temporaries small (and large fresh allocations are slow). For the LSTM,
+        Where torch's GRU loop ran, its gates are stacked from the values its graph saved (in full detail
+        as one block). Otherwise they are recomputed from the recorded x and h: each block is one
+        batched cell call over as many steps as hold about ``_BLOCK_VALUES`` gate values for the detail,
+        which keeps temporaries small (and large fresh allocations are slow). For the LSTM,
         :math:`c_t = f_t \\odot c_{t-1} + i_t \\odot g_t` is then scanned step by step.
         """
         h0, c0, (w_ih, w_hh, b_ih, b_hh), step, direction = self._inputs
         x, h = self.values["x"], self.values["h"]
         steps, batch, width = h.shape
         names = GATE_NAMES[self.cell]
+        saved = self._saved_gates
         size = max(1, _BLOCK_VALUES[self.detail] // (batch * width * max(1, len(names))))
+        size = steps if saved is not None and self.detail == "full" else size
         starts = range(0, steps, size)
         c_prev = c0
         with torch.no_grad():
             for lo in starts if direction == "forward" else reversed(starts):
                 hi = min(lo + size, steps)
+                if saved is not None:
+                    yield {name: torch.stack([gates[k] for gates in saved[lo:hi]]) for k, name in enumerate(names)}
+                    continue
                 n = hi - lo
                 if direction == "forward":
                     h_prev = h[lo - 1 : hi - 1] if lo > 0 else torch.cat([h0[None], h[: hi - 1]])
@@ -382,6 +510,7 @@ class _LayerRecord:
                     value = norm_stats(value) if name == "c" else gate_stats(value, self.gate_ranges[name])
                 parts.setdefault(name, []).append(value)
         self._derived = True
+        self._saved_gates = None
         derived = {name: p[0] if len(p) == 1 else torch.cat(p if forward else p[::-1]) for name, p in parts.items()}
         if "c" in derived:
             self.values["c"] = derived.pop("c")

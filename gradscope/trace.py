@@ -26,6 +26,7 @@ tensor, ``detail="full"``) or a :class:`LayerSummary` (per-step reductions over 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -58,12 +59,18 @@ ACTIVATION_RANGES: dict[str, tuple[float, float] | None] = {
 
 
 def _quantiles(values: Tensor) -> Tensor:
-    """Quantiles :data:`_QUANTILES` along dim 1 of ``[T, K]``, as torch.quantile's "linear" method."""
+    """Quantiles :data:`_QUANTILES` along dim 1 of ``[T, K]``, as torch.quantile's "linear" method.
+
+    The positions are computed in Python: a few tensor operations on small blocks of steps cost more in
+    dispatch than in arithmetic.
+    """
     ordered = values.sort(dim=1).values
-    pos = torch.tensor(_QUANTILES, dtype=torch.float64, device=values.device) * (values.shape[1] - 1)
-    lo, hi = pos.floor().long(), pos.ceil().long()
-    w = (pos - lo).to(values.dtype)
-    return ordered[:, lo] * (1 - w) + ordered[:, hi] * w
+    positions = [q * (values.shape[1] - 1) for q in _QUANTILES]
+    below, above = [math.floor(p) for p in positions], [math.ceil(p) for p in positions]
+    weights = torch.tensor(
+        [p - b for p, b in zip(positions, below, strict=True)], dtype=values.dtype, device=values.device
+    )
+    return ordered[:, below].lerp_(ordered[:, above], weights)
 
 
 def norm_stats(values: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import gradscope
 from gradscope import recording
 from gradscope.cells import GATE_NAMES
 from gradscope.layers import RecurrentLayer
-from gradscope.recording import _FusedGradients, _LayerRecord, _StepGradients
+from gradscope.recording import _FusedGradients, _LayerRecord, _ProjectionGradients, _StepGradients
 
 ELIGIBLE = [
     ("rnn", {}),
@@ -207,7 +207,7 @@ def test_eval_mode_and_no_grad_on_the_fused_path():
     assert lt.grad_h is None and lt.gates["forget"].shape == (2, 6, 3)
 
 
-@pytest.mark.parametrize("kind,summary_keeps", [("lstm", "first"), ("gru", "latest")])
+@pytest.mark.parametrize("kind,summary_keeps", [("lstm", "first"), ("gru", "latest"), ("rnn", "latest")])
 def test_repeated_backward_on_the_fused_path(kind, summary_keeps):
     """Full detail accumulates like .grad. Summary detail keeps the first backward through a fused kernel (its
     scan inputs are freed), the latest through torch's hooked CPU loop (as on the unrolled path)."""
@@ -248,30 +248,39 @@ def test_the_fused_path_keeps_nothing_alive_after_backward(detail):
     assert {"grad_h", "grad_c"} <= set(frame["quantity"])
 
 
-@pytest.mark.parametrize("path", ["fused", "unrolled"])
-def test_step_hooks_keep_nothing_alive_after_backward(path):
-    """The per-step hooks (torch's CPU loop, the unrolled loop) live on the autograd graph, and go with it."""
-    layer = gradscope.GRU(2, 3, num_layers=2, bidirectional=True)
+@pytest.mark.parametrize(
+    "kind,path,hooks",
+    [("gru", "fused", _StepGradients), ("gru", "unrolled", _StepGradients), ("rnn", "fused", _ProjectionGradients)],
+)
+def test_step_hooks_keep_nothing_alive_after_backward(kind, path, hooks):
+    """The hooks on torch's CPU loop and on the unrolled loop live on the autograd graph, and go with it."""
+    layer = CELLS[kind][0](2, 3, num_layers=2, bidirectional=True)
     with gradscope.record(layer, path=path) as rec:
         out, final = layer(torch.randn(5, 4, 2))
-        assert len(_alive(_StepGradients)) == 4
+        assert len(_alive(hooks)) == 4
         out.sum().backward()
         del out, final
-    assert _alive(_StepGradients) == []
+    assert _alive(hooks) == []
     assert rec.trace.layer(layer=1, direction="backward").grad_h.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kind", ["rnn", "gru"])
-def test_torch_s_cpu_loop_is_hooked_step_by_step_and_else_probed(monkeypatch, kind):
-    """On the CPU, torch's RNN and GRU record through hooks on each step's node, without the probe input's
-    extra width; where the graph is not the expected loop, the probe input gives the same trace."""
+@pytest.mark.parametrize("kind,products", [("rnn", True), ("rnn", False), ("gru", False)])
+def test_torch_s_cpu_loop_is_hooked_step_by_step_and_else_probed(monkeypatch, kind, products):
+    """On the CPU, torch's RNN and GRU record through hooks on each step's node (a small RNN: on the split
+    of its input projection), without the probe input's extra width; where the graph is not the expected
+    loop, the probe input gives the same trace."""
     layer = CELLS[kind][0](3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
     x, hx = torch.randn(6, 2, 3, dtype=torch.float64), initial_state(layer, 2, torch.float64)
-    probed = []
+    if not products:
+        monkeypatch.setattr(recording, "_PRODUCTS_PER_STEP", 0)
+    probed, split = [], []
     original = _LayerRecord.probe_input
     monkeypatch.setattr(_LayerRecord, "probe_input", lambda self, *a: probed.append(1) or original(self, *a))
+    on_split = _ProjectionGradients.on_split
+    monkeypatch.setattr(_ProjectionGradients, "on_split", lambda self, g: split.append(1) or on_split(self, g))
     hooked = _record(layer, x, hx, "fused")
     assert probed == []
+    assert len(split) == (4 if products else 0)
     monkeypatch.setattr(_LayerRecord, "watch_steps", lambda self, *a: False)
     fallback = _record(layer, x, hx, "fused")
     assert len(probed) == 4
@@ -280,3 +289,34 @@ def test_torch_s_cpu_loop_is_hooked_step_by_step_and_else_probed(monkeypatch, ki
         _assert_same_traces(trace[0], reference[0], TOL[torch.float64])
         for a, b in zip(trace[1], reference[1], strict=True):
             torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("detail", ["full", "summary"])
+def test_torch_s_cpu_gru_gates_are_read_from_its_graph_and_else_recomputed(monkeypatch, detail):
+    """torch's CPU GRU step saves r, z and n for its backward: the recording copies them out of the graph in
+    forward instead of recomputing them; where the graph is not the expected one, it recomputes them."""
+    layer = gradscope.GRU(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x, hx = torch.randn(6, 2, 3, dtype=torch.float64), initial_state(layer, 2, torch.float64)
+    projections = []
+    original = recording.input_projection
+    monkeypatch.setattr(recording, "input_projection", lambda *a: projections.append(1) or original(*a))
+
+    def frame(trace):
+        return pd.concat(trace.layer(*key).to_frame() for key in trace.keys()).reset_index(drop=True)
+
+    reference = _record(layer, x, hx, "unrolled", detail)[0]
+    expected = frame(reference)  # reading it derives the reference's gates now
+    for recomputes in (False, True):
+        if recomputes:
+            monkeypatch.setattr(recording, "_saved_gru_gates", lambda *a: None)
+        projections.clear()
+        layer.zero_grad(set_to_none=True)
+        with gradscope.record(layer, detail=detail, path="fused") as rec:
+            out, final = layer(x, hx)
+            assert all(o._saved_gates is None for o in _alive(_LayerRecord))  # no reference into the graph
+            weighted_loss(out, final).backward()
+        if detail == "full":
+            _assert_same_traces(rec.trace, reference, TOL[torch.float64])
+        else:
+            pd.testing.assert_frame_equal(frame(rec.trace), expected, **TOL[torch.float64], check_exact=False)
+        assert bool(projections) == recomputes
