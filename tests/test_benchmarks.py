@@ -1,0 +1,46 @@
+"""benchmarks/grid.py's output file: one section per cell, each from one run, kept across runs of other cells."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+GRID = Path(__file__).parent.parent / "benchmarks" / "grid.py"
+TINY = ["--layers", "1", "--batch", "2", "--steps", "3", "--input", "1", "--hidden", "2", "--rounds", "1"]
+
+
+def _run(out: Path, *cells: str) -> None:
+    command = [sys.executable, str(GRID), "--cells", *cells, *TINY, "--no-memory", "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+
+
+def _sections(text: str) -> dict[str, str]:
+    parts = text.split("\n## ")
+    return {part.split("\n", 1)[0]: part for part in parts[1:]}
+
+
+def test_a_run_replaces_only_the_sections_of_its_cells(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    _run(out, "lstm", "rnn")
+    first = _sections(out.read_text())
+    assert list(first) == ["Columns", "Summary per cell", "rnn", "lstm"]
+    for cell in ("rnn", "lstm"):
+        assert "- command: `" in first[cell] and "--cells lstm rnn" in first[cell]
+        assert "- commit: " in first[cell] and "- points: 1 of 1" in first[cell]
+        lines = first[cell].splitlines()
+        assert sum(line.startswith(f"| {cell} | 1 | ") and " / " in line for line in lines) == 1  # summary row
+        assert sum(line.startswith(f"| {cell} | 1 | 2 | 3 | 1 | 2 | 1 | ") for line in lines) == 1  # the point
+
+    _run(out, "gru")
+    second = _sections(out.read_text())
+    assert list(second) == ["Columns", "Summary per cell", "rnn", "gru", "lstm"]
+    assert second["rnn"] == first["rnn"] and second["lstm"] == first["lstm"]  # kept verbatim
+    assert "--cells gru" in second["gru"]
+    summary = [line for line in second["Summary per cell"].splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0][2:] for line in summary[2:]] == ["rnn", "gru", "lstm"]
+
+    _run(out, "rnn")
+    third = _sections(out.read_text())
+    assert "--cells rnn " in third["rnn"] and third["rnn"] != first["rnn"]
+    assert third["gru"] == second["gru"] and third["lstm"] == first["lstm"]
