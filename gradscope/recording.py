@@ -358,8 +358,9 @@ class _LayerRecord:
         nodes = [node for node, _ in edges]
         if len(edges) != steps or None in nodes or len(set(nodes)) != steps or final.next_functions != edges[-1:]:
             return False
-        split = _projection_split(nodes) if self.cell == "rnn" else None
-        if split is not None and h_n.shape[1] * h_n.shape[2] ** 2 <= _PRODUCTS_PER_STEP:
+        small = self.cell == "rnn" and h_n.shape[1] * h_n.shape[2] ** 2 <= _PRODUCTS_PER_STEP
+        split = _projection_split(nodes) if small else None  # walked only where it would be used
+        if split is not None:
             gradients = _ProjectionGradients(self, direction)
             split.register_prehook(gradients.on_split)
             out.register_hook(partial(gradients.arrive, "out"))
