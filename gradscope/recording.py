@@ -6,8 +6,10 @@ recurrence together), what ``retain_grad()`` on ``h_t`` gives in an unrolled loo
 :math:`\\partial L / \\partial c_t` and :math:`\\partial L / \\partial x_t`. No hook is ever placed on a
 user's module, parameter or tensor; values are never changed.
 
-- The input: the layer adds a zero *probe* (a scalar leaf that requires grad, expanded to the input's
-  shape) to its input once; the probe's gradient is :math:`\\partial L / \\partial x_t`.
+- The input (unrolled loop, torch's CPU loop): where it requires grad (a deeper layer's, say), the layer
+  runs on a view of it whose gradient is :math:`\\partial L / \\partial x_t`; otherwise it adds a zero
+  *probe* (a scalar leaf that requires grad, expanded to the input's shape) to its input once, and the
+  probe's gradient is that. A fused kernel's wider probe (below) gives it too.
 - The unrolled loop: one hook on each ``h_t`` (and ``c_t``) the loop computes, which receives the
   gradient summed over all its uses.
 - torch's RNN and GRU kernels on the CPU: these are themselves a loop of autograd operations whose output
@@ -56,7 +58,7 @@ from gradscope.trace import (
     LayerSummary,
     LayerTrace,
     Trace,
-    gate_stats,
+    gates_stats,
     norm_stats,
     stats_of_norms,
 )
@@ -313,13 +315,20 @@ class _LayerRecord:
         self._saved_gates: list[tuple[Tensor, ...]] | None = None  # per step, from torch's GRU graph until derived
 
     def probe_x(self, x: Tensor) -> Tensor:
-        """``x`` ``[T, B, D]`` plus a zero probe whose gradient becomes ``grad_x``; ``x`` itself when autograd is off.
+        """What the layer runs on instead of ``x`` ``[T, B, D]``: its gradient becomes ``grad_x``.
 
-        The probe is a zero scalar leaf expanded to ``x``'s shape: no memory, yet its gradient is the full
-        ``[T, B, D]`` tensor. With autograd off (no_grad / inference mode) values are still recorded.
+        Where ``x`` requires grad (a deeper layer's input, say), a view of it: the view's gradient is what
+        this layer alone sends back to ``x``, and nothing is copied in forward. Otherwise ``x`` plus a zero
+        probe, a scalar leaf expanded to ``x``'s shape, whose gradient is the full ``[T, B, D]`` tensor
+        (the sum is a copy of ``x``; a first layer's input is narrow). ``x`` itself when autograd is off
+        (no_grad / inference mode), where values are still recorded.
         """
         if not torch.is_grad_enabled():
             return x
+        if x.requires_grad:
+            view = x.view_as(x)
+            view.register_hook(partial(self._on_grad, "grad_x", shared=True))
+            return view
         zero = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
         p = zero.expand(x.shape)
         p.register_hook(partial(self._on_grad, "grad_x"))
@@ -400,8 +409,12 @@ class _LayerRecord:
         self._derive(reduce=False)
         return _scan_coefficients(self.cell, {**self.gates, "c": self.values.get("c")})
 
-    def _on_grad(self, quantity: str, grad: Tensor, norms: bool = False) -> None:
-        """A gradient ``[T, B, F]`` in time order (summary detail: or, with ``norms``, its norms ``[T, B]``)."""
+    def _on_grad(self, quantity: str, grad: Tensor, norms: bool = False, shared: bool = False) -> None:
+        """A gradient ``[T, B, F]`` in time order (summary detail: or, with ``norms``, its norms ``[T, B]``).
+
+        ``shared``: autograd passes ``grad`` on, and may hand the same memory to a user's ``.grad``
+        (which the user may change in place); full detail keeps a copy.
+        """
         grad = grad.detach()
         if self.detail == "summary":
             if quantity in self.grads:
@@ -414,7 +427,7 @@ class _LayerRecord:
         elif quantity in self.grads:
             self.grads[quantity] = self.grads[quantity] + grad  # as .grad accumulates
         else:
-            self.grads[quantity] = grad
+            self.grads[quantity] = grad.clone() if shared else grad
 
     def store(
         self,
@@ -450,8 +463,10 @@ class _LayerRecord:
         if self.cell in KEEP_GATE:
             self.gates["keep"] = self.gates[KEEP_GATE[self.cell]]
 
-    def _derived_blocks(self) -> Iterator[dict[str, Tensor]]:
-        """Gates (and the LSTM's c), a block of steps at a time, in the order run.
+    def _derived_blocks(self) -> Iterator[tuple[Tensor | tuple[Tensor, ...], Tensor | None]]:
+        """The G gates in :data:`GATE_NAMES` order, each ``[n, B, M]`` (copied from torch's graph: stacked in
+        one ``[G, n, B, M]`` tensor), and the LSTM's c ``[n, B, M]`` (else None), a block of n steps at a
+        time, in the order run.
 
         Where torch's GRU loop ran, its gates are stacked from the values its graph saved (in full detail
         as one block). Otherwise they are recomputed from the recorded x and h: each block is one
@@ -471,10 +486,11 @@ class _LayerRecord:
         with torch.no_grad():
             for lo in starts if direction == "forward" else reversed(starts):
                 hi = min(lo + size, steps)
-                if saved is not None:
-                    yield {name: torch.stack([gates[k] for gates in saved[lo:hi]]) for k, name in enumerate(names)}
-                    continue
                 n = hi - lo
+                if saved is not None:
+                    values = [gates[k] for k in range(len(names)) for gates in saved[lo:hi]]
+                    yield torch.stack(values).view(len(names), n, batch, width), None
+                    continue
                 if direction == "forward":
                     h_prev = h[lo - 1 : hi - 1] if lo > 0 else torch.cat([h0[None], h[: hi - 1]])
                 else:
@@ -483,13 +499,13 @@ class _LayerRecord:
                 c_any = None if c0 is None else h_prev.new_zeros(n * batch, width)
                 _, _, gates = step(gi, h_prev.reshape(n * batch, width), c_any, w_hh, b_hh)
                 block = {name: g.reshape(n, batch, width) for name, g in zip(names, gates, strict=True)}
+                c = None
                 if c0 is not None:
                     c = torch.empty_like(block["forget"])
                     update = block["input"] * block["cell"]
                     for t in range(n) if direction == "forward" else range(n - 1, -1, -1):
                         c_prev = torch.addcmul(update[t], block["forget"][t], c_prev, out=c[t])
-                    block["c"] = c
-                yield block
+                yield tuple(block.values()), c
 
     def _derive(self, reduce: bool, scan_coefficients: bool = False) -> tuple[Tensor, Tensor] | None:
         """Set ``gates`` (and ``values["c"]``) in time order, as ``[T, B, M]`` tensors or, with
@@ -497,26 +513,36 @@ class _LayerRecord:
 
         With ``scan_coefficients``, also returns the fused path's :func:`_scan_coefficients`, unreduced.
         """
-        if self._derived or not (GATE_NAMES[self.cell] or self.cell == "lstm"):  # the RNN has nothing to derive
+        names = GATE_NAMES[self.cell]
+        if self._derived or not names:  # the RNN has nothing to derive
             self._derived = True
             return None
         forward = self._inputs[4] == "forward"
+        ranges = [self.gate_ranges[name] for name in names]
         parts: dict[str, list[Tensor]] = {}
-        for block in self._derived_blocks():
+        for gates, c in self._derived_blocks():
             if scan_coefficients:
+                block = dict(zip(names, gates, strict=True)) | {"c": c}
                 for name, value in zip(("_keep", "_scale"), _scan_coefficients(self.cell, block), strict=True):
                     parts.setdefault(name, []).append(value)
-            for name, value in block.items():
-                if reduce:
-                    value = norm_stats(value) if name == "c" else gate_stats(value, self.gate_ranges[name])
-                parts.setdefault(name, []).append(value)
+            if reduce:  # all gates' statistics at once
+                stacked = gates if isinstance(gates, Tensor) else torch.stack(gates)
+                parts.setdefault("_stats", []).append(gates_stats(stacked, ranges))
+            else:
+                for name, value in zip(names, gates, strict=True):
+                    parts.setdefault(name, []).append(value)
+            if c is not None:
+                parts.setdefault("c", []).append(norm_stats(c) if reduce else c)
         self._derived = True
         self._saved_gates = None
-        derived = {name: p[0] if len(p) == 1 else torch.cat(p if forward else p[::-1]) for name, p in parts.items()}
+        derived = {
+            name: p[0] if len(p) == 1 else torch.cat(p if forward else p[::-1], dim=1 if name == "_stats" else 0)
+            for name, p in parts.items()
+        }
         if "c" in derived:
             self.values["c"] = derived.pop("c")
         coefficients = (derived.pop("_keep"), derived.pop("_scale")) if scan_coefficients else None
-        self.gates = derived
+        self.gates = dict(zip(names, derived.pop("_stats"), strict=True)) if reduce else derived
         return coefficients
 
     def snapshot(self) -> LayerTrace | LayerSummary:

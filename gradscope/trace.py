@@ -27,7 +27,7 @@ tensor, ``detail="full"``) or a :class:`LayerSummary` (per-step reductions over 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,18 +59,18 @@ ACTIVATION_RANGES: dict[str, tuple[float, float] | None] = {
 
 
 def _quantiles(values: Tensor) -> Tensor:
-    """Quantiles :data:`_QUANTILES` along dim 1 of ``[T, K]``, as torch.quantile's "linear" method.
+    """Quantiles :data:`_QUANTILES` along the last dim of ``[..., K]``, as torch.quantile's "linear" method.
 
     The positions are computed in Python: a few tensor operations on small blocks of steps cost more in
     dispatch than in arithmetic.
     """
-    ordered = values.sort(dim=1).values
-    positions = [q * (values.shape[1] - 1) for q in _QUANTILES]
+    ordered = values.sort(dim=-1).values
+    positions = [q * (values.shape[-1] - 1) for q in _QUANTILES]
     below, above = [math.floor(p) for p in positions], [math.ceil(p) for p in positions]
     weights = torch.tensor(
         [p - b for p, b in zip(positions, below, strict=True)], dtype=values.dtype, device=values.device
     )
-    return ordered[:, below].lerp_(ordered[:, above], weights)
+    return ordered[..., below].lerp_(ordered[..., above], weights)
 
 
 def norm_stats(values: Tensor) -> Tensor:
@@ -96,16 +96,32 @@ def gate_stats(values: Tensor, value_range: tuple[float, float] | None) -> Tenso
     batch-mean value (the spread between units that keep and units that forget); and the fraction of
     all values that are saturated (NaN when ``value_range`` is None).
     """
+    return gates_stats(values[None], [value_range])[0]
+
+
+def gates_stats(values: Tensor, value_ranges: Sequence[tuple[float, float] | None]) -> Tensor:
+    """:func:`gate_stats` of G gates at once, ``[G, T, B, M]`` → ``[G, T, 5]``, gate g in ``value_ranges[g]``.
+
+    One set of tensor operations for all gates: on small blocks of steps, dispatch costs more than
+    arithmetic.
+    """
     with torch.no_grad():
-        unit_means = values.mean(1)
-        if value_range is None:
-            saturated = torch.full_like(unit_means[:, :1], float("nan"))
+        unit_means = values.mean(2)
+        unbounded = [g for g, r in enumerate(value_ranges) if r is None]
+        if len(unbounded) < len(value_ranges):
+            # an unbounded gate's thresholds are infinite, its fraction is set to NaN below
+            ranges = [(-math.inf, math.inf) if r is None else r for r in value_ranges]
+            band = [_SATURATION_BAND * (hi - lo) if math.isfinite(hi - lo) else 0.0 for lo, hi in ranges]
+            shape = (len(ranges), 1, 1, 1)
+            low = values.new_tensor([lo + b for (lo, _), b in zip(ranges, band, strict=True)]).view(shape)
+            high = values.new_tensor([hi - b for (_, hi), b in zip(ranges, band, strict=True)]).view(shape)
+            outer = (values < low).logical_or_(values > high)
+            saturated = outer.sum((2, 3), dtype=values.dtype).div_(values[0, 0].numel()).unsqueeze(-1)
+            if unbounded:
+                saturated[unbounded] = math.nan
         else:
-            lo, hi = value_range
-            band = _SATURATION_BAND * (hi - lo)
-            outer = (values < lo + band).logical_or_(values > hi - band)
-            saturated = outer.sum((1, 2), dtype=values.dtype).div_(outer[0].numel()).unsqueeze(1)
-        return torch.cat([unit_means.mean(1, keepdim=True), _quantiles(unit_means), saturated], dim=1)
+            saturated = torch.full_like(unit_means[..., :1], math.nan)
+        return torch.cat([unit_means.mean(-1, keepdim=True), _quantiles(unit_means), saturated], dim=-1)
 
 
 def _stats_frame(meta: dict[str, object], stats: dict[str, Tensor], gate_names: tuple[str, ...]) -> pd.DataFrame:

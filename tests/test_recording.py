@@ -156,6 +156,64 @@ def test_grad_x_is_recorded_when_the_input_does_not_require_grad():
     assert rec.trace.layer().grad_x is not None and rec.trace.layer().grad_x.abs().sum() > 0
 
 
+@pytest.mark.parametrize("kind", list(CELLS))
+@pytest.mark.parametrize("path", ["auto", "unrolled"])
+def test_grad_x_is_what_the_layer_alone_sends_back_to_an_input_used_elsewhere(kind, path):
+    torch.manual_seed(0)
+    layer = CELLS[kind][0](3, 4, dtype=torch.float64)
+    layer.path = path
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    (alone,) = torch.autograd.grad(layer(x)[0].pow(2).sum(), x)
+    with gradscope.record(layer) as rec:
+        (layer(x)[0].pow(2).sum() + 3 * x.sum()).backward()
+    torch.testing.assert_close(x.grad, alone + 3, **F64)
+    torch.testing.assert_close(rec.trace.layer().grad_x, alone.transpose(0, 1), **F64)
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+@pytest.mark.parametrize("path", ["auto", "unrolled"])
+def test_recorded_grad_x_is_not_the_memory_of_an_inputs_grad(kind, path):
+    # the layer alone uses the input: autograd may hand the gradient the recording saw on to x.grad
+    layer = CELLS[kind][0](3, 4, dtype=torch.float64)
+    layer.path = path
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    with gradscope.record(layer) as rec:
+        layer(x)[0].pow(2).sum().backward()
+    recorded = rec.trace.layer().grad_x.clone()
+    torch.testing.assert_close(recorded, x.grad.transpose(0, 1), rtol=0, atol=0)
+    x.grad.zero_()
+    torch.testing.assert_close(rec.trace.layer().grad_x, recorded, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+def test_torchs_cpu_loop_runs_a_deeper_layer_on_its_input_not_a_copy(kind):
+    """torch's loop saves each layer's input for backward. Recorded, what the second layer saved is the first
+    layer's output itself, as with torch.nn: no [T, B, M] copy of it is made."""
+    torch.manual_seed(0)
+    layer = CELLS[kind][0](3, 16, num_layers=2)
+    x = torch.randn(50, 4, 3)
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    def large_saved() -> list[int]:
+        """Bytes of each saved storage of at least [T, B, 4] values (the first layer's probe also makes the
+        graph save W_ih, to compute dL/dx)."""
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            layer(x)[0].sum().backward()
+        return sorted(size for size in saved.values() if size >= 50 * 4 * 4 * 4)
+
+    plain = large_saved()
+    with gradscope.record(layer) as rec:
+        recorded = large_saved()
+    assert rec.trace.layer(layer=0).h.untyped_storage().data_ptr() in saved
+    assert recorded == plain
+    assert rec.trace.layer(layer=1).grad_x.abs().sum() > 0
+
+
 def test_forward_without_backward_gives_values_without_gradients():
     layer = gradscope.LSTM(3, 4)
     with gradscope.record(layer) as rec:
@@ -274,9 +332,10 @@ def test_summary_statistics_are_what_they_claim():
         )
 
 
-def test_unbounded_gate_activations_have_no_saturation():
+@pytest.mark.parametrize("detail", ["full", "summary"])
+def test_unbounded_gate_activations_have_no_saturation(detail):
     layer = gradscope.LSTM(2, 3, cell_activation="relu")
-    with gradscope.record(layer) as rec:
+    with gradscope.record(layer, detail=detail) as rec:
         layer(torch.randn(4, 2, 2))
     frame = rec.trace.to_frame()
     assert frame.loc[frame["quantity"] == "cell", "saturated"].isna().all()
