@@ -102,6 +102,7 @@ def test_paths_agree_in_summary_detail_and_with_the_full_trace(monkeypatch, kind
     if block_steps is not None:
         values = block_steps * 5 * 4 * max(1, len(GATE_NAMES[kind]))  # B * M * gates per step
         monkeypatch.setitem(recording._BLOCK_VALUES, "summary", values)  # also the gradients' blocks of norms
+        monkeypatch.setattr(recording, "_PRODUCT_BLOCK_VALUES", values)
     for path in ("fused", "unrolled"):
         summary = _record(layer, x, None, path, detail="summary")[0].to_frame()
         assert len(summary) == len(full) > 0
