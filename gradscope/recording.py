@@ -333,7 +333,9 @@ class _LayerRecord:
             return x
         if x.requires_grad:
             view = x.view_as(x)
-            view.register_hook(partial(self._on_grad, "grad_x", shared=True))
+            # the first layer's input is the user's: autograd may hand the gradient's memory on to its .grad.
+            # A deeper layer's input is the layer below's output, whose nodes make new tensors from it.
+            view.register_hook(partial(self._on_grad, "grad_x", shared=self.key[1] == 0))
             return view
         zero = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
         p = zero.expand(x.shape)
