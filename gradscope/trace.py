@@ -110,12 +110,12 @@ def gates_stats(values: Tensor, value_ranges: Sequence[tuple[float, float] | Non
         unbounded = [g for g, r in enumerate(value_ranges) if r is None]
         if len(unbounded) < len(value_ranges):
             # an unbounded gate's thresholds are infinite, its fraction is set to NaN below
-            ranges = [(-math.inf, math.inf) if r is None else r for r in value_ranges]
-            band = [_SATURATION_BAND * (hi - lo) if math.isfinite(hi - lo) else 0.0 for lo, hi in ranges]
-            shape = (len(ranges), 1, 1, 1)
-            low = values.new_tensor([lo + b for (lo, _), b in zip(ranges, band, strict=True)]).view(shape)
-            high = values.new_tensor([hi - b for (_, hi), b in zip(ranges, band, strict=True)]).view(shape)
-            outer = (values < low).logical_or_(values > high)
+            bands = [None if r is None else _SATURATION_BAND * (r[1] - r[0]) for r in value_ranges]
+            low = [-math.inf if r is None else r[0] + b for r, b in zip(value_ranges, bands, strict=True)]
+            high = [math.inf if r is None else r[1] - b for r, b in zip(value_ranges, bands, strict=True)]
+            shape = (len(value_ranges), 1, 1, 1)
+            below, above = values.new_tensor(low).view(shape), values.new_tensor(high).view(shape)
+            outer = (values < below).logical_or_(values > above)
             saturated = outer.sum((2, 3), dtype=values.dtype).div_(values[0, 0].numel()).unsqueeze(-1)
             if unbounded:
                 saturated[unbounded] = math.nan
