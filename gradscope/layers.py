@@ -10,6 +10,8 @@ cuDNN on GPU), one call per layer and direction; it exists for the options torch
 RNN, ``reset="after"`` GRU, tanh/tanh LSTM). The *unrolled* path is a Python loop over
 :mod:`gradscope.cells`, for every option, and is the reference the fused path is tested against.
 ``path="auto"`` (the default) takes the fused path wherever it exists; see :attr:`RecurrentLayer.path`.
+Recorded on the CPU, ``"auto"`` runs a tanh/tanh LSTM through gradscope's own sequence op instead
+(:mod:`gradscope.kernels`), which costs less to record than oneDNN's kernel; ``"fused"`` forces torch's.
 
 Shapes: ``B`` batch, ``T`` steps, ``D`` input features, ``M`` hidden units, ``L`` layers,
 ``K`` directions (1 or 2).
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gradscope.cells import activation, gru_cell, input_projection, lstm_cell, rnn_cell
+from gradscope.kernels import LSTMSequence
 from gradscope.trace import ACTIVATION_RANGES
 
 __all__ = ["GRU", "LSTM", "PATHS", "RNN", "RecurrentLayer"]
@@ -214,12 +217,15 @@ class RecurrentLayer:
         return self._check_state(hx, "hx", x, batched), None
 
     def _run_fused(
-        self, x: Tensor, layer: int, direction: str, h0: Tensor, c0: Tensor | None, record: Any
+        self, x: Tensor, layer: int, direction: str, h0: Tensor, c0: Tensor | None, record: Any, auto: bool
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """One layer in one direction through torch's op (one call; a backward direction on the reversed input).
 
         Recorded, torch's RNN and GRU on the CPU (a loop of autograd operations) run on the probed input
         and the recording hooks their graph (each step's state, or a small RNN's split input projection).
+        With ``auto``, the LSTM on the CPU runs :class:`~gradscope.kernels.LSTMSequence` instead of oneDNN's
+        kernel: it hands the recording every value and gradient, where the probe below costs about twice
+        the kernel's time (``benchmarks/RESULTS-paths.md``).
         Otherwise (oneDNN's LSTM, cuDNN, or a loop whose graph is not as expected) the op runs on
         ``[x_t, p_t]`` with ``p ≡ 0`` of width M and ``weight_ih`` extended by (a detached) ``W_hh``:
         outputs are unchanged and ``p``'s gradient is :math:`W_{hh}^T \\partial L / \\partial
@@ -229,6 +235,10 @@ class RecurrentLayer:
         op, _ = self.fused_op()
         weights = self._weights(layer, direction)
         recording = record is not None and torch.is_grad_enabled()
+        if recording and self.cell == "lstm" and auto and x.device.type == "cpu":
+            out, h_n, c_n = LSTMSequence.apply(x, h0, c0, *weights, direction == "backward", record)
+            record.store(x, out, h0, c0, weights, self.step_function(), direction)
+            return out, h_n, c_n
         result = None
         if recording and self.cell != "lstm" and x.device.type == "cpu":
             probed = record.probe_x(x)
@@ -315,7 +325,8 @@ class RecurrentLayer:
         if sink is None and self._fused(None):
             return self._torch_class.forward(self, input, hx)  # type: ignore[arg-type]
         path, new_record = sink(self) if sink is not None else (None, None)
-        run = self._run_fused if self._fused(path) else self._run_direction
+        auto = (self.path if path is None else path) == "auto"
+        run = partial(self._run_fused, auto=auto) if self._fused(path) else self._run_direction
         directions = _DIRECTIONS[: 2 if self.bidirectional else 1]
         h_n: list[Tensor] = []
         c_n: list[Tensor | None] = []

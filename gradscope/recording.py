@@ -33,6 +33,9 @@ user's module, parameter or tensor; values are never changed.
     z_t \\odot \\delta_t + W_{hn}^T ((r_t - 1) \\odot (1 - z_t) \\odot (1 - n_t^2) \\odot \\delta_t)`
     with :math:`\\delta_t = \\partial L / \\partial h_t`, a reverse scan with one M×M product a step.
 
+- :class:`gradscope.kernels.LSTMSequence`, which records the LSTM on the CPU (``path="auto"``): its
+  forward hands over every step's gates and :math:`c_t`, its backward every step's total gradients.
+
 Otherwise gates (and the LSTM's :math:`c_t` where a kernel ran) are recomputed from the recorded states
 with batched matmuls.
 """
@@ -51,6 +54,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import Node
 
 from gradscope.cells import GATE_NAMES, input_projection
+from gradscope.kernels import NAME_ORDER
 from gradscope.layers import GRU, LSTM, PATHS, RNN, RecurrentLayer, Step
 from gradscope.trace import (
     KEEP_GATE,
@@ -319,6 +323,7 @@ class _LayerRecord:
         self._derived = False
         self._fused: _FusedGradients | None = None  # between probe_input and store, for a fused kernel
         self._saved_gates: list[tuple[Tensor, ...]] | None = None  # per step, from torch's GRU graph until derived
+        self._given: tuple[Tensor, Tensor] | None = None  # LSTMSequence's gates [T, B, 4, M] and c until derived
 
     def probe_x(self, x: Tensor) -> Tensor:
         """What the layer runs on instead of ``x`` ``[T, B, D]``: its gradient becomes ``grad_x``.
@@ -413,6 +418,16 @@ class _LayerRecord:
             if tensor is not None and tensor.requires_grad:
                 tensor.register_hook(partial(self._fused.arrive, name))
 
+    def on_lstm_values(self, gates: Tensor, c: Tensor) -> None:
+        """:class:`~gradscope.kernels.LSTMSequence`'s forward: its gates and ``c``, kept instead of recomputed."""
+        self._given = (gates, c)
+
+    def on_lstm_grads(self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor) -> None:
+        """:class:`~gradscope.kernels.LSTMSequence`'s backward: every step's total gradients, time order."""
+        self._on_grad("grad_x", grad_x, shared=self.key[1] == 0)  # it is also the input's gradient
+        self._on_grad("grad_h", grad_h)
+        self._on_grad("grad_c", grad_c)
+
     def _full_scan_coefficients(self) -> tuple[Tensor, Tensor]:
         self._derive(reduce=False)
         return _scan_coefficients(self.cell, {**self.gates, "c": self.values.get("c")})
@@ -460,7 +475,7 @@ class _LayerRecord:
         self._inputs = (h0.detach(), None if c0 is None else c0.detach(), frozen, step, direction)
         fused, self._fused = self._fused, None
         if self.detail == "full":
-            if self._saved_gates is not None:  # copied out now: backward frees them
+            if self._saved_gates is not None or self._given is not None:  # taken now: backward frees them
                 self._derive(reduce=False)
             return
         scans = fused is not None and self.cell != "rnn"
@@ -477,18 +492,19 @@ class _LayerRecord:
         time, in the order run.
 
         Where torch's GRU loop ran, its gates are stacked from the values its graph saved (in full detail
-        as one block). Otherwise they are recomputed from the recorded x and h: each block is one
-        batched cell call over as many steps as hold about ``_BLOCK_VALUES`` gate values for the detail,
-        which keeps temporaries small (and large fresh allocations are slow). For the LSTM,
+        as one block); where :class:`~gradscope.kernels.LSTMSequence` ran, they and c are views of what it
+        kept (in full detail one block, no copy). Otherwise they are recomputed from the recorded x and h:
+        each block is one batched cell call over as many steps as hold about ``_BLOCK_VALUES`` gate values
+        for the detail, which keeps temporaries small (and large fresh allocations are slow). For the LSTM,
         :math:`c_t = f_t \\odot c_{t-1} + i_t \\odot g_t` is then scanned step by step.
         """
         h0, c0, (w_ih, w_hh, b_ih, b_hh), step, direction = self._inputs
         x, h = self.values["x"], self.values["h"]
         steps, batch, width = h.shape
         names = GATE_NAMES[self.cell]
-        saved = self._saved_gates
+        saved, given = self._saved_gates, self._given
         size = max(1, _BLOCK_VALUES[self.detail] // (batch * width * max(1, len(names))))
-        size = steps if saved is not None and self.detail == "full" else size
+        size = steps if (saved is not None or given is not None) and self.detail == "full" else size
         starts = range(0, steps, size)
         c_prev = c0
         with torch.no_grad():
@@ -498,6 +514,9 @@ class _LayerRecord:
                 if saved is not None:
                     values = [gates[k] for k in range(len(names)) for gates in saved[lo:hi]]
                     yield torch.stack(values).view(len(names), n, batch, width), None
+                    continue
+                if given is not None:
+                    yield tuple(given[0][lo:hi, :, k] for k in NAME_ORDER), given[1][lo:hi]
                     continue
                 if direction == "forward":
                     h_prev = h[lo - 1 : hi - 1] if lo > 0 else torch.cat([h0[None], h[: hi - 1]])
@@ -542,7 +561,7 @@ class _LayerRecord:
             if c is not None:
                 parts.setdefault("c", []).append(norm_stats(c) if reduce else c)
         self._derived = True
-        self._saved_gates = None
+        self._saved_gates = self._given = None
         derived = {
             name: p[0] if len(p) == 1 else torch.cat(p if forward else p[::-1], dim=1 if name == "_stats" else 0)
             for name, p in parts.items()

@@ -1,4 +1,5 @@
-"""The fused path (torch's kernel, hooked per step or probed) against the unrolled path: the same trace."""
+"""The fast paths (torch's kernel, hooked per step or probed; gradscope's own LSTM op) against the unrolled
+path: the same trace."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from conftest import CELLS, TOL, initial_state, weighted_loss
 import gradscope
 from gradscope import recording
 from gradscope.cells import GATE_NAMES
+from gradscope.kernels import LSTMSequence
 from gradscope.layers import RecurrentLayer
 from gradscope.recording import _FusedGradients, _LayerRecord, _ProjectionGradients, _StepGradients
 
@@ -28,6 +30,8 @@ SHAPES = [
     {"num_layers": 2, "bidirectional": True, "bias": False},
 ]
 QUANTITIES = ("x", "h", "c", "grad_x", "grad_h", "grad_c")
+# besides the unrolled loop: torch's kernel, and for the LSTM on the CPU also gradscope's own op (auto)
+_FAST_PATHS = {"rnn": ("fused",), "gru": ("fused",), "lstm": ("fused", "auto")}
 
 
 def _record(layer, x, hx, path, detail="full", loss=weighted_loss):
@@ -63,12 +67,13 @@ def test_fused_and_unrolled_paths_record_the_same_trace(case, shape, dtype, with
     hx = initial_state(layer, 4, dtype) if with_state else None
     if not layer.batch_first:
         x = x.transpose(0, 1).contiguous()
-    fused = _record(layer, x, hx, "fused")
     unrolled = _record(layer, x, hx, "unrolled")
-    _assert_same_traces(fused[0], unrolled[0], TOL[dtype])
-    torch.testing.assert_close(fused[2], unrolled[2], **TOL[dtype])
-    for a, b in zip(fused[1], unrolled[1], strict=True):  # the user's parameter gradients too
-        torch.testing.assert_close(a, b, **TOL[dtype])
+    for path in _FAST_PATHS[kind]:
+        fast = _record(layer, x, hx, path)
+        _assert_same_traces(fast[0], unrolled[0], TOL[dtype])
+        torch.testing.assert_close(fast[2], unrolled[2], **TOL[dtype])
+        for a, b in zip(fast[1], unrolled[1], strict=True):  # the user's parameter gradients too
+            torch.testing.assert_close(a, b, **TOL[dtype])
 
 
 @pytest.mark.parametrize("kind", list(CELLS))
@@ -86,10 +91,11 @@ def test_paths_agree_whichever_outputs_the_loss_reaches(kind, reaches):
 
     layer = CELLS[kind][0](2, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
     x = torch.randn(7, 3, 2, dtype=torch.float64)
-    fused = _record(layer, x, None, "fused", loss=loss)
     unrolled = _record(layer, x, None, "unrolled", loss=loss)
-    _assert_same_traces(fused[0], unrolled[0], TOL[torch.float64])
-    assert fused[0].layer(layer=0).grad_h.abs().sum() > 0
+    for path in _FAST_PATHS[kind]:
+        fast = _record(layer, x, None, path, loss=loss)
+        _assert_same_traces(fast[0], unrolled[0], TOL[torch.float64])
+        assert fast[0].layer(layer=0).grad_h.abs().sum() > 0
 
 
 @pytest.mark.parametrize("kind", list(CELLS))
@@ -103,7 +109,7 @@ def test_paths_agree_in_summary_detail_and_with_the_full_trace(monkeypatch, kind
         values = block_steps * 5 * 4 * max(1, len(GATE_NAMES[kind]))  # B * M * gates per step
         monkeypatch.setitem(recording._BLOCK_VALUES, "summary", values)  # also the gradients' blocks of norms
         monkeypatch.setattr(recording, "_PRODUCT_BLOCK_VALUES", values)
-    for path in ("fused", "unrolled"):
+    for path in (*_FAST_PATHS[kind], "unrolled"):
         summary = _record(layer, x, None, path, detail="summary")[0].to_frame()
         assert len(summary) == len(full) > 0
         pd.testing.assert_frame_equal(summary, full, rtol=1e-10)
@@ -113,9 +119,9 @@ def test_a_single_step_sequence_and_unbatched_input():
     for kind in CELLS:
         layer = CELLS[kind][0](3, 4, dtype=torch.float64)
         for x in (torch.randn(1, 2, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)):
-            fused = _record(layer, x, None, "fused")
             unrolled = _record(layer, x, None, "unrolled")
-            _assert_same_traces(fused[0], unrolled[0], TOL[torch.float64])
+            for path in _FAST_PATHS[kind]:
+                _assert_same_traces(_record(layer, x, None, path)[0], unrolled[0], TOL[torch.float64])
 
 
 def _spy_paths(monkeypatch):
@@ -155,6 +161,28 @@ def test_auto_records_through_torch_s_kernel_where_it_has_one(monkeypatch, kind,
         with gradscope.record(layer, path=path):
             layer(torch.randn(4, 2, 2))
         assert calls == [forced] * 2
+
+
+def test_auto_records_the_cpu_lstm_through_gradscope_s_own_op(monkeypatch):
+    """Recorded with autograd on, path auto: :class:`LSTMSequence` once per layer and direction; forced to
+    "fused", or under no_grad, or unrecorded: torch's kernel (the probe input where recorded)."""
+    runs, probes = [], []
+    forward = LSTMSequence.forward
+    monkeypatch.setattr(LSTMSequence, "forward", staticmethod(lambda *a: runs.append(1) or forward(*a)))
+    probe = _LayerRecord.probe_input
+    monkeypatch.setattr(_LayerRecord, "probe_input", lambda self, *a: probes.append(1) or probe(self, *a))
+    layer = gradscope.LSTM(2, 3, num_layers=2, bidirectional=True)
+    x = torch.randn(4, 2, 2)
+    with gradscope.record(layer):
+        layer(x)[0].sum().backward()
+    assert (len(runs), len(probes)) == (4, 0)
+    with gradscope.record(layer, path="fused"):
+        layer(x)[0].sum().backward()
+    assert (len(runs), len(probes)) == (4, 4)
+    with torch.no_grad(), gradscope.record(layer):
+        layer(x)
+    layer(x)[0].sum().backward()
+    assert (len(runs), len(probes)) == (4, 4)
 
 
 def test_an_unrecorded_layer_runs_torch_s_own_forward_unless_told_otherwise(monkeypatch):
