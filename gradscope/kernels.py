@@ -1,24 +1,34 @@
-r"""gradscope's own sequence op for recording torch's LSTM on the CPU: one autograd node, both loops written out.
+r"""gradscope's own sequence ops, for recording torch's RNN, GRU and LSTM on the CPU: one autograd node each.
 
-torch's LSTM on the CPU is a oneDNN kernel: nothing inside it can be hooked, so recording through it needs
+On the CPU, torch's LSTM is a oneDNN kernel, in which nothing can be hooked: recording through it takes
 the probe input and the gates recomputed (see :mod:`gradscope.recording`), about twice the kernel's time.
-:class:`LSTMSequence` runs the same equations (:func:`gradscope.cells.lstm_step` with tanh/tanh) step by
-step in its forward, which keeps every step's gates and :math:`c_t`, and its backward walks the steps back
-with the derivatives written out, so every step's total :math:`\partial L / \partial h_t` and
-:math:`\partial L / \partial c_t` are at hand as it goes:
+torch's RNN and GRU are a loop of autograd operations, which the recording hooks step by step, at the
+cost of a Python hook per step. Each op here instead runs one layer-direction's equations (those of
+:mod:`gradscope.cells` with torch's options) in a forward loop that keeps every step's gates (and
+:math:`c_t`), and a backward loop with the derivatives written out, which has every step's total
+:math:`\partial L / \partial h_t` (and :math:`\partial L / \partial c_t`) at hand as it goes. With
+:math:`g_t` the gradient arriving at output t, :math:`a_t` the pre-activations and :math:`\delta v =
+\partial L / \partial v`:
 
-.. math::
-    \delta h_t &= g_t + W_{hh}^T \delta a_{t+1}, \qquad
-    \delta c_t = \delta h_t \odot o_t \odot (1 - \tanh^2 c_t) + f_{t+1} \odot \delta c_{t+1} \\
-    \delta a_t &= \big[\delta c_t \odot g_t \odot i_t (1 - i_t),\ \delta c_t \odot c_{t-1} \odot f_t (1 - f_t),\
-    \delta c_t \odot i_t \odot (1 - g_t^2),\ \delta h_t \odot \tanh c_t \odot o_t (1 - o_t)\big]
+- RNN: :math:`\delta h_t = g_t + W_{hh}^T \delta a_{t+1}`, :math:`\delta a_t = \delta h_t \odot
+  \phi'(a_t)`.
+- GRU (reset after): :math:`\delta h_t = g_t + z_{t+1} \odot \delta h_{t+1} + W_{hh}^T [\delta a^r_{t+1},
+  \delta a^z_{t+1}, r_{t+1} \odot \delta a^n_{t+1}]` with :math:`\delta a^n_t = \delta h_t \odot (1 - z_t)
+  \odot (1 - n_t^2)`, :math:`\delta a^z_t = \delta h_t \odot (h_{t-1} - n_t) \odot z_t (1 - z_t)`,
+  :math:`\delta a^r_t = \delta a^n_t \odot (W_{hn} h_{t-1} + b_{hn}) \odot r_t (1 - r_t)`.
+- LSTM (tanh/tanh): :math:`\delta h_t = g_t + W_{hh}^T \delta a_{t+1}`, :math:`\delta c_t = \delta h_t
+  \odot o_t \odot (1 - \tanh^2 c_t) + f_{t+1} \odot \delta c_{t+1}`, :math:`\delta a_t = [\delta c_t
+  \odot g_t \odot i_t (1 - i_t), \delta c_t \odot c_{t-1} \odot f_t (1 - f_t), \delta c_t \odot i_t \odot
+  (1 - g_t^2), \delta h_t \odot \tanh c_t \odot o_t (1 - o_t)]`.
 
-with :math:`g_t` the gradient arriving at output t and :math:`a_t` the gate pre-activations; the weights'
-gradients and :math:`\partial L / \partial x_t = W_{ih}^T \delta a_t` are then batched products over all
-steps. A step costs one matrix product and six elementwise operations forward, one and four backward,
-each on views made once per call. The rows are kept in the order (o, i, f, g), so that one ``sigmoid_``
-covers three gates, and :math:`\tanh a = 2 \sigma(2 a) - 1` makes it cover the fourth (sigmoid costs a
-third of tanh on the CPU).
+Each step's factors of :math:`\delta h_t` or :math:`\delta c_t` are computed for all steps at once before
+the backward loop, which then costs one matrix product and two to four elementwise operations a step
+(forward: two, six and six operations), each on views made once per call. The weights' gradients and
+:math:`\partial L / \partial x_t = W_{ih}^T \delta a_t` are batched products over all steps. The LSTM keeps
+its rows in the order (o, i, f, g), so that one ``sigmoid_`` covers three gates, and
+:math:`\tanh a = 2 \sigma(2 a) - 1` makes it cover the fourth (sigmoid costs a third of tanh on the CPU).
+
+Every op's outputs and gradients are torch.nn's (tests/test_kernels.py); none can be differentiated twice.
 """
 
 from __future__ import annotations
@@ -29,22 +39,81 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["LSTMSequence", "LSTMSink"]
+__all__ = ["GATE_ORDER", "Sink", "run_sequence"]
 
-# the gate rows (input, forget, cell, output), torch's order and GATE_NAMES's, taken in the order used here
-# (output, input, forget, cell); and back
-_ORDER = (3, 0, 1, 2)
-NAME_ORDER = (1, 2, 3, 0)
+# per cell, where each gate of GATE_NAMES[cell] is in the gates an op hands over: the LSTM's are in the order
+# (output, input, forget, cell); _LSTM_ROWS takes torch's rows (input, forget, cell, output) into it
+GATE_ORDER: dict[str, tuple[int, ...]] = {"rnn": (), "gru": (0, 1, 2), "lstm": (1, 2, 3, 0)}
+_LSTM_ROWS = (3, 0, 1, 2)
+
+Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
 
 
-class LSTMSink(Protocol):
-    """What receives the values of one :class:`LSTMSequence` call: the recording of its layer-direction."""
+class Sink(Protocol):
+    """What receives the values of one op's call: the recording of its layer-direction. All in time order."""
 
-    def on_lstm_values(self, gates: Tensor, c: Tensor) -> None:
-        """Forward: gates ``[T, B, 4, M]`` (the order used here) and ``c`` ``[T, B, M]``, time order."""
+    def on_kernel_values(self, gates: Tensor | None, c: Tensor | None) -> None:
+        """Forward: the gates ``[T, B, G, M]`` (see :data:`GATE_ORDER`; None for the RNN), the LSTM's ``c``."""
 
-    def on_lstm_grads(self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor) -> None:
-        """Backward: the total gradients of ``x`` ``[T, B, D]``, ``h`` and ``c`` ``[T, B, M]``, time order."""
+    def on_kernel_grads(self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor | None) -> None:
+        """Backward: the total gradients of ``x`` ``[T, B, D]``, ``h`` (and the LSTM's ``c``) ``[T, B, M]``."""
+
+
+def run_sequence(
+    cell: str, x: Tensor, h0: Tensor, c0: Tensor | None, weights: Weights, reverse: bool, sink: Sink, relu: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One layer-direction of torch's ``cell`` over a sequence: ``(out, h_n, c_n)``, ``out`` ``[T, B, M]``.
+
+    ``x`` ``[T, B, D]``, states ``[B, M]`` (``c0`` the LSTM's, else None), weights in torch's layout
+    (biases both None without bias); ``reverse`` runs the steps from the last to the first (a backward
+    direction), every tensor staying in time order; ``relu``: the RNN's nonlinearity.
+    """
+    if cell == "lstm":
+        return LSTMSequence.apply(x, h0, c0, *weights, reverse, sink)
+    if cell == "gru":
+        out, h_n = GRUSequence.apply(x, h0, *weights, reverse, sink)
+    else:
+        out, h_n = RNNSequence.apply(x, h0, *weights, relu, reverse, sink)
+    return out, h_n, None
+
+
+def _run_order(steps: int, reverse: bool) -> range:
+    return range(steps - 1, -1, -1) if reverse else range(steps)
+
+
+def _project(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """:math:`W x_t (+ b)` for all steps at once, ``[T, B, D]`` → ``[T, B, R]`` with ``weight`` ``[R, D]``."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = flat.mm(weight.t()) if bias is None else torch.addmm(bias, flat, weight.t())
+    return out.view(*x.shape[:2], -1)
+
+
+def _start(grad_out: Tensor | None, grad_hn: Tensor | None, h: Tensor, reverse: bool) -> Tensor:
+    """The gradient arriving at each step's state from outside the recurrence (a new tensor, added to in place)."""
+    dh = h.new_zeros(h.shape) if grad_out is None else grad_out.clone(memory_format=torch.contiguous_format)
+    if grad_hn is not None:
+        dh[0 if reverse else -1] += grad_hn
+    return dh
+
+
+def _input_weight_grad(x: Tensor, d: Tensor) -> Tensor:
+    r""":math:`\sum_t \delta_t x_t^T` for ``x`` ``[T, B, D]`` and ``d`` ``[T, B, R]``: ``[R, D]``."""
+    # [D, T*B] @ [T*B, R]: for a narrow input several times faster than the transposed product
+    return x.reshape(-1, x.shape[-1]).t().mm(d.reshape(-1, d.shape[-1])).t()
+
+
+def _recurrent_weight_grad(h0: Tensor, h: Tensor, d: Tensor, reverse: bool) -> Tensor:
+    r""":math:`\sum_t \delta_t h_{t-1}^T` (:math:`h_{t-1}` the state before step t as run): ``[R, M]``."""
+    first = d.shape[0] - 1 if reverse else 0
+    inner, h_inner = (d[:-1], h[1:]) if reverse else (d[1:], h[:-1])
+    return torch.addmm(d[first].t().mm(h0), inner.reshape(-1, d.shape[-1]).t(), h_inner.reshape(-1, h.shape[-1]))
+
+
+def _both_biases(grad: Tensor | None, needs: tuple[bool, ...]) -> tuple[Tensor | None, Tensor | None]:
+    """One gradient for two biases that add up: each its own tensor (autograd may hand either to a ``.grad``)."""
+    if grad is None:
+        return None, None
+    return grad if needs[0] else None, (grad.clone() if needs[0] else grad) if needs[1] else None
 
 
 def _rows(weight: Tensor, order: tuple[int, ...]) -> Tensor:
@@ -53,14 +122,155 @@ def _rows(weight: Tensor, order: tuple[int, ...]) -> Tensor:
     return torch.cat([chunks[k] for k in order])
 
 
-class LSTMSequence(torch.autograd.Function):
-    """One layer-direction of torch's LSTM (tanh/tanh) over a whole sequence, its values handed to ``sink``.
+class RNNSequence(torch.autograd.Function):
+    """torch's RNN, tanh or relu: ``apply(x, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, sink)`` → ``(out, h_n)``."""
 
-    ``apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, sink)``: ``x`` ``[T, B, D]``, states ``[B, M]``,
-    weights in torch's layout (``b_ih``, ``b_hh`` both None without bias); ``reverse`` runs the steps from
-    the last to the first (a backward direction), all tensors stay in time order. Returns ``(out, h_n,
-    c_n)``: ``out`` ``[T, B, M]``, final states ``[B, M]``. The gradients of every input are those of
-    ``torch.nn.LSTM``; it cannot be differentiated twice.
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        relu: bool,
+        reverse: bool,
+        sink: Sink,
+    ) -> tuple[Tensor, Tensor]:
+        h = _project(x, w_ih, None if b_ih is None or b_hh is None else b_ih + b_hh)
+        hs, w_t = h.unbind(0), w_hh.t()
+        h_prev = h0
+        for t in _run_order(h.shape[0], reverse):
+            h_prev = hs[t].addmm_(h_prev, w_t)
+            h_prev = h_prev.relu_() if relu else h_prev.tanh_()
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, h)
+        ctx.relu, ctx.reverse, ctx.sink, ctx.bias = relu, reverse, sink, b_ih is not None  # type: ignore[attr-defined]
+        sink.on_kernel_values(None, None)
+        return h, h_prev.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, h0, w_ih, w_hh, h = ctx.saved_tensors
+        reverse = ctx.reverse
+        dh = _start(grad_out, grad_hn, h, reverse)
+        # da = dh * phi'(a), phi' from phi's value: 1 - h^2, or 1 where h > 0
+        da = (h > 0).to(h.dtype) if ctx.relu else torch.addcmul(h.new_ones(()), h, h, value=-1)
+        dhs, das = dh.unbind(0), da.unbind(0)
+        after = None
+        for t in reversed(_run_order(h.shape[0], reverse)):
+            if after is not None:
+                dhs[t].addmm_(das[after], w_hh)
+            das[t].mul_(dhs[t])
+            after = t
+        grad_x = _project(da, w_ih.t(), None)
+        ctx.sink.on_kernel_grads(grad_x, dh, None)
+        needs = ctx.needs_input_grad
+        return (
+            grad_x if needs[0] else None,
+            das[after].mm(w_hh) if needs[1] else None,
+            _input_weight_grad(x, da) if needs[2] else None,
+            _recurrent_weight_grad(h0, h, da, reverse) if needs[3] else None,
+            *_both_biases(da.sum((0, 1)) if ctx.bias else None, needs[4:6]),
+            None,
+            None,
+            None,
+        )
+
+
+class GRUSequence(torch.autograd.Function):
+    """torch's GRU (reset after): ``apply(x, h0, w_ih, w_hh, b_ih, b_hh, reverse, sink)`` → ``(out, h_n)``.
+
+    The gates it hands over are ``[T, B, 3, M]``: r, z, n.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        reverse: bool,
+        sink: Sink,
+    ) -> tuple[Tensor, Tensor]:
+        steps, batch, _ = x.shape
+        width = w_hh.shape[1]
+        bias = b_ih is not None and b_hh is not None
+        # b_hr and b_hz add to the projection; b_hn is scaled by r with W_hn h
+        b_in = torch.cat([b_ih[: 2 * width] + b_hh[: 2 * width], b_ih[2 * width :]]) if bias else None  # type: ignore[index]
+        gates = _project(x, w_ih, b_in).view(steps, batch, 3, width)
+        h, recurrent_n = x.new_empty(steps, batch, width), x.new_empty(steps, batch, width)  # W_hn h_{t-1} + b_hn
+        flat = gates.view(steps, batch, 3 * width)
+        rz = flat[:, :, : 2 * width].unbind(0)
+        r, z, n = (gates[:, :, k].unbind(0) for k in range(3))
+        hs, recurrent_ns = h.unbind(0), recurrent_n.unbind(0)
+        w_rz, w_n = w_hh[: 2 * width].t(), w_hh[2 * width :].t()
+        h_prev = h0
+        for t in _run_order(steps, reverse):
+            rz[t].addmm_(h_prev, w_rz).sigmoid_()
+            if bias:
+                torch.addmm(b_hh[2 * width :], h_prev, w_n, out=recurrent_ns[t])  # type: ignore[index]
+            else:
+                torch.mm(h_prev, w_n, out=recurrent_ns[t])
+            n[t].addcmul_(r[t], recurrent_ns[t]).tanh_()
+            h_prev = torch.lerp(n[t], h_prev, z[t], out=hs[t])  # (1 - z) n + z h
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, gates, recurrent_n, h)
+        ctx.reverse, ctx.sink, ctx.bias = reverse, sink, bias  # type: ignore[attr-defined]
+        sink.on_kernel_values(gates, None)
+        return h, h_prev.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, h0, w_ih, w_hh, gates, recurrent_n, h = ctx.saved_tensors
+        steps, batch, width = h.shape
+        reverse = ctx.reverse
+        first = steps - 1 if reverse else 0
+        dh = _start(grad_out, grad_hn, h, reverse)
+        one = h.new_ones(())
+        r, z, n = gates.unbind(2)
+        # d: per unit of dh, the gradients of a_r, a_z and W_hn h + b_hn (then, in place, the gradients) ...
+        d = torch.empty_like(gates)
+        d_r, d_z, d_hn = d.unbind(2)
+        da_n = torch.addcmul(one, n, n, value=-1)
+        da_n.addcmul_(da_n, z, value=-1)  # (1 - z)(1 - n^2)
+        torch.addcmul(r, r, r, value=-1, out=d_r).mul_(recurrent_n).mul_(da_n)
+        (torch.sub(h[1:], n[:-1], out=d_z[:-1]) if reverse else torch.sub(h[:-1], n[1:], out=d_z[1:]))
+        torch.sub(h0, n[first], out=d_z[first])  # h_{t-1} - n_t
+        d_z.mul_(torch.addcmul(z, z, z, value=-1))
+        torch.mul(da_n, r, out=d_hn)
+        # ... step by step from the last run
+        rows = d.view(steps, batch, 3 * width).unbind(0)
+        dhs, ds, dh_columns, zs = dh.unbind(0), d.unbind(0), dh[:, :, None].unbind(0), z.unbind(0)
+        after = None
+        for t in reversed(_run_order(steps, reverse)):
+            if after is not None:
+                dhs[t].addcmul_(dhs[after], zs[after]).addmm_(rows[after], w_hh)
+            ds[t].mul_(dh_columns[t])
+            after = t
+        needs = ctx.needs_input_grad
+        grad_h0 = torch.addmm(dhs[first] * zs[first], rows[first], w_hh) if needs[1] else None
+        d = d.view(steps, batch, 3 * width)
+        grad_w_hh = _recurrent_weight_grad(h0, h, d, reverse) if needs[3] else None
+        grad_b_hh = d.sum((0, 1)) if ctx.bias and needs[5] else None
+        d_hn.copy_(da_n.mul_(dh))  # d becomes the gradient of the projection: a_n's in place of W_hn h's
+        grad_x = _project(d, w_ih.t(), None)
+        ctx.sink.on_kernel_grads(grad_x, dh, None)
+        grad_w_ih = _input_weight_grad(x, d) if needs[2] else None
+        grad_b_ih = d.sum((0, 1)) if ctx.bias and needs[4] else None
+        return (grad_x if needs[0] else None, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, None, None)
+
+
+class LSTMSequence(torch.autograd.Function):
+    """torch's LSTM (tanh/tanh): ``apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, sink)`` → ``(out, h_n, c_n)``.
+
+    The gates it hands over are ``[T, B, 4, M]``: o, i, f, g.
     """
 
     @staticmethod
@@ -74,20 +284,16 @@ class LSTMSequence(torch.autograd.Function):
         b_ih: Tensor | None,
         b_hh: Tensor | None,
         reverse: bool,
-        sink: LSTMSink,
+        sink: Sink,
     ) -> tuple[Tensor, Tensor, Tensor]:
         steps, batch, _ = x.shape
         width = w_hh.shape[1]
-        w_ih, w_hh = _rows(w_ih, _ORDER), _rows(w_hh, _ORDER)
+        w_ih, w_hh = _rows(w_ih, _LSTM_ROWS), _rows(w_hh, _LSTM_ROWS)
         # forward runs on the cell gate's rows doubled: tanh a = 2 sigmoid(2a) - 1
         double = x.new_ones(4 * width, 1)
         double[3 * width :] = 2
-        flat = x.reshape(steps * batch, -1)
-        if b_ih is None or b_hh is None:
-            gates = flat.mm((w_ih * double).t())
-        else:
-            gates = torch.addmm(_rows(b_ih + b_hh, _ORDER) * double[:, 0], flat, (w_ih * double).t())
-        gates = gates.view(steps, batch, 4, width)
+        bias = None if b_ih is None or b_hh is None else _rows(b_ih + b_hh, _LSTM_ROWS) * double[:, 0]
+        gates = _project(x, w_ih * double, bias).view(steps, batch, 4, width)
         h, c, tanh_c = (x.new_empty(steps, batch, width) for _ in range(3))
         rows = gates.view(steps, batch, 4 * width).unbind(0)
         out_gate, in_gate, forget, cell = (gates[:, :, k].unbind(0) for k in range(4))
@@ -95,15 +301,15 @@ class LSTMSequence(torch.autograd.Function):
         w_t = (w_hh * double).t()
         low, high = x.new_full((batch, width), -1.0), x.new_ones(batch, width)  # 0-dim ends: slower lerp
         h_prev, c_prev = h0, c0
-        for t in range(steps - 1, -1, -1) if reverse else range(steps):
+        for t in _run_order(steps, reverse):
             rows[t].addmm_(h_prev, w_t).sigmoid_()
             torch.lerp(low, high, cell[t], out=cell[t])
             c_prev = torch.mul(in_gate[t], cell[t], out=cs[t]).addcmul_(forget[t], c_prev)
             h_prev = torch.mul(out_gate[t], torch.tanh(c_prev, out=tanh_cs[t]), out=hs[t])
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, c, tanh_c, h)  # tanh c: kept, as it is costly
-        ctx.reverse, ctx.sink, ctx.bias = reverse, sink, b_ih is not None  # type: ignore[attr-defined]
-        sink.on_lstm_values(gates, c)
+        ctx.reverse, ctx.sink, ctx.bias = reverse, sink, bias is not None  # type: ignore[attr-defined]
+        sink.on_kernel_values(gates, c)
         return h, h_prev.clone(), c_prev.clone()
 
     @staticmethod
@@ -114,11 +320,9 @@ class LSTMSequence(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, gates, c, tanh_c, h = ctx.saved_tensors
         steps, batch, width = h.shape
         reverse = ctx.reverse
-        first, last = (steps - 1, 0) if reverse else (0, steps - 1)  # in the order run
-        dh = h.new_zeros(h.shape) if grad_out is None else grad_out.clone(memory_format=torch.contiguous_format)
-        if grad_hn is not None:
-            dh[last] += grad_hn
-        # da: the gates' pre-activations' gradient per unit of dh (output gate) or dc (the others) ...
+        first = steps - 1 if reverse else 0
+        dh = _start(grad_out, grad_hn, h, reverse)
+        # da: the pre-activations' gradient per unit of dh (output gate) or dc (the others) ...
         one = h.new_ones(())
         out_gate, in_gate, forget, cell = gates.unbind(2)
         da = torch.empty_like(gates)
@@ -137,7 +341,7 @@ class LSTMSequence(torch.autograd.Function):
         dhs, dcs, dc_columns = dh.unbind(0), dc.unbind(0), dc[:, :, None].unbind(0)
         dh_dcs, forgets = dh_dc.unbind(0), forget.unbind(0)
         after = None
-        for t in range(steps) if reverse else range(steps - 1, -1, -1):
+        for t in reversed(_run_order(steps, reverse)):
             if after is None:
                 torch.mul(dhs[t], dh_dcs[t], out=dcs[t])
                 if grad_cn is not None:
@@ -148,29 +352,18 @@ class LSTMSequence(torch.autograd.Function):
             da_rest[t].mul_(dc_columns[t])
             da_out[t].mul_(dhs[t])
             after = t
-        flat = da.view(steps * batch, 4 * width)
-        grad_x = flat.mm(w_ih).view(steps, batch, -1)
-        ctx.sink.on_lstm_grads(grad_x, dh, dc)
+        da = da.view(steps, batch, 4 * width)
+        grad_x = _project(da, w_ih.t(), None)
+        ctx.sink.on_kernel_grads(grad_x, dh, dc)
         needs = ctx.needs_input_grad
-        grad_w_hh = grad_b = None
-        # [D, T*B] @ [T*B, 4M]: for a narrow input several times faster than the transposed product
-        grad_w_ih = _rows(x.reshape(steps * batch, -1).t().mm(flat).t(), NAME_ORDER) if needs[3] else None
-        if needs[4]:
-            inner, h_inner = (da[:-1], h[1:]) if reverse else (da[1:], h[:-1])
-            grad_w_hh = torch.addmm(
-                rows[first].t().mm(h0), inner.reshape(-1, 4 * width).t(), h_inner.reshape(-1, width)
-            )
-            grad_w_hh = _rows(grad_w_hh, NAME_ORDER)
-        if ctx.bias and (needs[5] or needs[6]):
-            grad_b = _rows(flat.sum(0), NAME_ORDER)
+        back = GATE_ORDER["lstm"]
         return (
             grad_x if needs[0] else None,
             rows[first].mm(w_hh) if needs[1] else None,
             dcs[first] * forgets[first] if needs[2] else None,
-            grad_w_ih,
-            grad_w_hh,
-            grad_b if needs[5] else None,
-            grad_b.clone() if needs[6] and grad_b is not None else None,  # not one tensor for two .grad
+            _rows(_input_weight_grad(x, da), back) if needs[3] else None,
+            _rows(_recurrent_weight_grad(h0, h, da, reverse), back) if needs[4] else None,
+            *_both_biases(_rows(da.sum((0, 1)), back) if ctx.bias else None, needs[5:7]),
             None,
             None,
         )

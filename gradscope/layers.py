@@ -10,8 +10,9 @@ cuDNN on GPU), one call per layer and direction; it exists for the options torch
 RNN, ``reset="after"`` GRU, tanh/tanh LSTM). The *unrolled* path is a Python loop over
 :mod:`gradscope.cells`, for every option, and is the reference the fused path is tested against.
 ``path="auto"`` (the default) takes the fused path wherever it exists; see :attr:`RecurrentLayer.path`.
-Recorded on the CPU, ``"auto"`` runs a tanh/tanh LSTM through gradscope's own sequence op instead
-(:mod:`gradscope.kernels`), which costs less to record than oneDNN's kernel; ``"fused"`` forces torch's.
+Recorded on the CPU (autograd on), ``"auto"`` runs those layers through gradscope's own sequence ops
+instead (:mod:`gradscope.kernels`): they hand every value and gradient to the recording, and cost less
+than recording through torch's ops (``benchmarks/RESULTS.md``); ``"fused"`` forces torch's.
 
 Shapes: ``B`` batch, ``T`` steps, ``D`` input features, ``M`` hidden units, ``L`` layers,
 ``K`` directions (1 or 2).
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gradscope.cells import activation, gru_cell, input_projection, lstm_cell, rnn_cell
-from gradscope.kernels import LSTMSequence
+from gradscope.kernels import run_sequence
 from gradscope.trace import ACTIVATION_RANGES
 
 __all__ = ["GRU", "LSTM", "PATHS", "RNN", "RecurrentLayer"]
@@ -66,9 +67,10 @@ class RecurrentLayer:
     _torch_class: ClassVar[type[nn.RNNBase]]
     _gradscope_sink: Any = None  # set on the instance by gradscope.record while recording
     path: str = "auto"
-    """Which path computes this layer: ``"auto"`` (fused where torch supports the options, else
-    unrolled), ``"fused"`` (an error where torch does not support the options) or ``"unrolled"``. Set it on an instance;
-    ``gradscope.record(model, path=...)`` overrides it for the recorded block."""
+    """Which path computes this layer: ``"auto"`` (fused where torch supports the options, recorded on the
+    CPU through gradscope's own ops; else unrolled), ``"fused"`` (torch's op; an error where torch does not
+    support the options) or ``"unrolled"``. Set it on an instance; ``gradscope.record(model, path=...)``
+    overrides it for the recorded block."""
 
     # Attributes provided by torch.nn.RNNBase.
     input_size: int
@@ -95,7 +97,7 @@ class RecurrentLayer:
     def _fused(self, path: str | None) -> bool:
         """Whether the fused path computes this pass, for ``path`` (the record's) or else ``self.path``.
 
-        ``"auto"`` takes it wherever torch has the kernel (``benchmarks/RESULTS-paths.md`` compares the two).
+        ``"auto"`` takes it wherever torch has the kernel (``benchmarks/RESULTS-paths.md`` compares the paths).
         """
         path = self.path if path is None else path
         if path not in PATHS:
@@ -223,9 +225,9 @@ class RecurrentLayer:
 
         Recorded, torch's RNN and GRU on the CPU (a loop of autograd operations) run on the probed input
         and the recording hooks their graph (each step's state, or a small RNN's split input projection).
-        With ``auto``, the LSTM on the CPU runs :class:`~gradscope.kernels.LSTMSequence` instead of oneDNN's
-        kernel: it hands the recording every value and gradient, where the probe below costs about twice
-        the kernel's time (``benchmarks/RESULTS-paths.md``).
+        With ``auto``, recorded on the CPU, :func:`~gradscope.kernels.run_sequence` runs instead: one
+        autograd node that hands the recording every value and gradient, cheaper than hooking torch's loop
+        and than the probe below, which costs about twice oneDNN's LSTM.
         Otherwise (oneDNN's LSTM, cuDNN, or a loop whose graph is not as expected) the op runs on
         ``[x_t, p_t]`` with ``p ≡ 0`` of width M and ``weight_ih`` extended by (a detached) ``W_hh``:
         outputs are unchanged and ``p``'s gradient is :math:`W_{hh}^T \\partial L / \\partial
@@ -235,8 +237,9 @@ class RecurrentLayer:
         op, _ = self.fused_op()
         weights = self._weights(layer, direction)
         recording = record is not None and torch.is_grad_enabled()
-        if recording and self.cell == "lstm" and auto and x.device.type == "cpu":
-            out, h_n, c_n = LSTMSequence.apply(x, h0, c0, *weights, direction == "backward", record)
+        if recording and auto and x.device.type == "cpu":
+            relu = getattr(self, "nonlinearity", "tanh") == "relu"
+            out, h_n, c_n = run_sequence(self.cell, x, h0, c0, weights, direction == "backward", record, relu)
             record.store(x, out, h0, c0, weights, self.step_function(), direction)
             return out, h_n, c_n
         result = None

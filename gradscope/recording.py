@@ -33,8 +33,9 @@ user's module, parameter or tensor; values are never changed.
     z_t \\odot \\delta_t + W_{hn}^T ((r_t - 1) \\odot (1 - z_t) \\odot (1 - n_t^2) \\odot \\delta_t)`
     with :math:`\\delta_t = \\partial L / \\partial h_t`, a reverse scan with one M×M product a step.
 
-- :class:`gradscope.kernels.LSTMSequence`, which records the LSTM on the CPU (``path="auto"``): its
-  forward hands over every step's gates and :math:`c_t`, its backward every step's total gradients.
+- gradscope's own sequence ops (:mod:`gradscope.kernels`), which record on the CPU with ``path="auto"``:
+  each op's forward hands over every step's gates (and :math:`c_t`), its backward every step's total
+  gradients.
 
 Otherwise gates (and the LSTM's :math:`c_t` where a kernel ran) are recomputed from the recorded states
 with batched matmuls.
@@ -54,7 +55,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import Node
 
 from gradscope.cells import GATE_NAMES, input_projection
-from gradscope.kernels import NAME_ORDER
+from gradscope.kernels import GATE_ORDER
 from gradscope.layers import GRU, LSTM, PATHS, RNN, RecurrentLayer, Step
 from gradscope.trace import (
     KEEP_GATE,
@@ -323,7 +324,7 @@ class _LayerRecord:
         self._derived = False
         self._fused: _FusedGradients | None = None  # between probe_input and store, for a fused kernel
         self._saved_gates: list[tuple[Tensor, ...]] | None = None  # per step, from torch's GRU graph until derived
-        self._given: tuple[Tensor, Tensor] | None = None  # LSTMSequence's gates [T, B, 4, M] and c until derived
+        self._given: tuple[Tensor, Tensor | None] | None = None  # a kernel's gates [T, B, G, M] (and c) until derived
 
     def probe_x(self, x: Tensor) -> Tensor:
         """What the layer runs on instead of ``x`` ``[T, B, D]``: its gradient becomes ``grad_x``.
@@ -418,15 +419,16 @@ class _LayerRecord:
             if tensor is not None and tensor.requires_grad:
                 tensor.register_hook(partial(self._fused.arrive, name))
 
-    def on_lstm_values(self, gates: Tensor, c: Tensor) -> None:
-        """:class:`~gradscope.kernels.LSTMSequence`'s forward: its gates and ``c``, kept instead of recomputed."""
-        self._given = (gates, c)
+    def on_kernel_values(self, gates: Tensor | None, c: Tensor | None) -> None:
+        """A :mod:`gradscope.kernels` op's forward: its gates and the LSTM's ``c``, kept instead of recomputed."""
+        self._given = None if gates is None else (gates, c)
 
-    def on_lstm_grads(self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor) -> None:
-        """:class:`~gradscope.kernels.LSTMSequence`'s backward: every step's total gradients, time order."""
+    def on_kernel_grads(self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor | None) -> None:
+        """A :mod:`gradscope.kernels` op's backward: every step's total gradients, time order."""
         self._on_grad("grad_x", grad_x, shared=self.key[1] == 0)  # it is also the input's gradient
         self._on_grad("grad_h", grad_h)
-        self._on_grad("grad_c", grad_c)
+        if grad_c is not None:
+            self._on_grad("grad_c", grad_c)
 
     def _full_scan_coefficients(self) -> tuple[Tensor, Tensor]:
         self._derive(reduce=False)
@@ -492,8 +494,8 @@ class _LayerRecord:
         time, in the order run.
 
         Where torch's GRU loop ran, its gates are stacked from the values its graph saved (in full detail
-        as one block); where :class:`~gradscope.kernels.LSTMSequence` ran, they and c are views of what it
-        kept (in full detail one block, no copy). Otherwise they are recomputed from the recorded x and h:
+        as one block); where a :mod:`gradscope.kernels` op ran, they (and c) are views of what it kept (in
+        full detail one block, no copy). Otherwise they are recomputed from the recorded x and h:
         each block is one batched cell call over as many steps as hold about ``_BLOCK_VALUES`` gate values
         for the detail, which keeps temporaries small (and large fresh allocations are slow). For the LSTM,
         :math:`c_t = f_t \\odot c_{t-1} + i_t \\odot g_t` is then scanned step by step.
@@ -516,7 +518,8 @@ class _LayerRecord:
                     yield torch.stack(values).view(len(names), n, batch, width), None
                     continue
                 if given is not None:
-                    yield tuple(given[0][lo:hi, :, k] for k in NAME_ORDER), given[1][lo:hi]
+                    gates, c = given
+                    yield tuple(gates[lo:hi, :, k] for k in GATE_ORDER[self.cell]), None if c is None else c[lo:hi]
                     continue
                 if direction == "forward":
                     h_prev = h[lo - 1 : hi - 1] if lo > 0 else torch.cat([h0[None], h[: hi - 1]])

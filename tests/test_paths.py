@@ -1,5 +1,5 @@
-"""The fast paths (torch's kernel, hooked per step or probed; gradscope's own LSTM op) against the unrolled
-path: the same trace."""
+"""The fast paths (torch's op, hooked per step or probed; gradscope's own ops) against the unrolled path: the
+same trace."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import torch
 from conftest import CELLS, TOL, initial_state, weighted_loss
 
 import gradscope
-from gradscope import recording
+from gradscope import layers, recording
 from gradscope.cells import GATE_NAMES
-from gradscope.kernels import LSTMSequence
 from gradscope.layers import RecurrentLayer
 from gradscope.recording import _FusedGradients, _LayerRecord, _ProjectionGradients, _StepGradients
 
@@ -30,8 +29,8 @@ SHAPES = [
     {"num_layers": 2, "bidirectional": True, "bias": False},
 ]
 QUANTITIES = ("x", "h", "c", "grad_x", "grad_h", "grad_c")
-# besides the unrolled loop: torch's kernel, and for the LSTM on the CPU also gradscope's own op (auto)
-_FAST_PATHS = {"rnn": ("fused",), "gru": ("fused",), "lstm": ("fused", "auto")}
+# besides the unrolled loop: torch's op ("fused") and, recorded on the CPU, gradscope's own ops ("auto")
+_FAST_PATHS = ("fused", "auto")
 
 
 def _record(layer, x, hx, path, detail="full", loss=weighted_loss):
@@ -68,7 +67,7 @@ def test_fused_and_unrolled_paths_record_the_same_trace(case, shape, dtype, with
     if not layer.batch_first:
         x = x.transpose(0, 1).contiguous()
     unrolled = _record(layer, x, hx, "unrolled")
-    for path in _FAST_PATHS[kind]:
+    for path in _FAST_PATHS:
         fast = _record(layer, x, hx, path)
         _assert_same_traces(fast[0], unrolled[0], TOL[dtype])
         torch.testing.assert_close(fast[2], unrolled[2], **TOL[dtype])
@@ -92,7 +91,7 @@ def test_paths_agree_whichever_outputs_the_loss_reaches(kind, reaches):
     layer = CELLS[kind][0](2, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
     x = torch.randn(7, 3, 2, dtype=torch.float64)
     unrolled = _record(layer, x, None, "unrolled", loss=loss)
-    for path in _FAST_PATHS[kind]:
+    for path in _FAST_PATHS:
         fast = _record(layer, x, None, path, loss=loss)
         _assert_same_traces(fast[0], unrolled[0], TOL[torch.float64])
         assert fast[0].layer(layer=0).grad_h.abs().sum() > 0
@@ -109,7 +108,7 @@ def test_paths_agree_in_summary_detail_and_with_the_full_trace(monkeypatch, kind
         values = block_steps * 5 * 4 * max(1, len(GATE_NAMES[kind]))  # B * M * gates per step
         monkeypatch.setitem(recording._BLOCK_VALUES, "summary", values)  # also the gradients' blocks of norms
         monkeypatch.setattr(recording, "_PRODUCT_BLOCK_VALUES", values)
-    for path in (*_FAST_PATHS[kind], "unrolled"):
+    for path in (*_FAST_PATHS, "unrolled"):
         summary = _record(layer, x, None, path, detail="summary")[0].to_frame()
         assert len(summary) == len(full) > 0
         pd.testing.assert_frame_equal(summary, full, rtol=1e-10)
@@ -120,7 +119,7 @@ def test_a_single_step_sequence_and_unbatched_input():
         layer = CELLS[kind][0](3, 4, dtype=torch.float64)
         for x in (torch.randn(1, 2, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)):
             unrolled = _record(layer, x, None, "unrolled")
-            for path in _FAST_PATHS[kind]:
+            for path in _FAST_PATHS:
                 _assert_same_traces(_record(layer, x, None, path)[0], unrolled[0], TOL[torch.float64])
 
 
@@ -148,7 +147,7 @@ def _spy_paths(monkeypatch):
         ("lstm", {"hidden_activation": "softsign"}, "_run_direction"),
     ],
 )
-def test_auto_records_through_torch_s_kernel_where_it_has_one(monkeypatch, kind, options, expected):
+def test_auto_takes_the_fused_path_where_torch_has_an_op(monkeypatch, kind, options, expected):
     calls = _spy_paths(monkeypatch)
     layer = CELLS[kind][0](2, 3, num_layers=2, **options)
     with gradscope.record(layer):
@@ -163,26 +162,24 @@ def test_auto_records_through_torch_s_kernel_where_it_has_one(monkeypatch, kind,
         assert calls == [forced] * 2
 
 
-def test_auto_records_the_cpu_lstm_through_gradscope_s_own_op(monkeypatch):
-    """Recorded with autograd on, path auto: :class:`LSTMSequence` once per layer and direction; forced to
-    "fused", or under no_grad, or unrecorded: torch's kernel (the probe input where recorded)."""
-    runs, probes = [], []
-    forward = LSTMSequence.forward
-    monkeypatch.setattr(LSTMSequence, "forward", staticmethod(lambda *a: runs.append(1) or forward(*a)))
-    probe = _LayerRecord.probe_input
-    monkeypatch.setattr(_LayerRecord, "probe_input", lambda self, *a: probes.append(1) or probe(self, *a))
-    layer = gradscope.LSTM(2, 3, num_layers=2, bidirectional=True)
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_auto_records_on_the_cpu_through_gradscope_s_own_ops(monkeypatch, kind):
+    """Recorded with autograd on, path auto: :func:`run_sequence` once per layer and direction; forced to
+    "fused", or under no_grad, or unrecorded: torch's op."""
+    runs = []
+    original = layers.run_sequence
+    monkeypatch.setattr(layers, "run_sequence", lambda *a: runs.append(a[0]) or original(*a))
+    layer = CELLS[kind][0](2, 3, num_layers=2, bidirectional=True)
     x = torch.randn(4, 2, 2)
     with gradscope.record(layer):
         layer(x)[0].sum().backward()
-    assert (len(runs), len(probes)) == (4, 0)
+    assert runs == [kind] * 4
     with gradscope.record(layer, path="fused"):
         layer(x)[0].sum().backward()
-    assert (len(runs), len(probes)) == (4, 4)
     with torch.no_grad(), gradscope.record(layer):
         layer(x)
     layer(x)[0].sum().backward()
-    assert (len(runs), len(probes)) == (4, 4)
+    assert runs == [kind] * 4
 
 
 def test_an_unrecorded_layer_runs_torch_s_own_forward_unless_told_otherwise(monkeypatch):

@@ -187,8 +187,8 @@ def test_recorded_grad_x_is_not_the_memory_of_an_inputs_grad(kind, path):
 
 @pytest.mark.parametrize("kind", ["rnn", "gru"])
 def test_torchs_cpu_loop_runs_a_deeper_layer_on_its_input_not_a_copy(kind):
-    """torch's loop saves each layer's input for backward. Recorded, what the second layer saved is the first
-    layer's output itself, as with torch.nn: no [T, B, M] copy of it is made."""
+    """torch's loop saves each layer's input for backward. Recorded through it (path "fused"), what the second
+    layer saved is the first layer's output itself, as with torch.nn: no [T, B, M] copy of it is made."""
     torch.manual_seed(0)
     layer = CELLS[kind][0](3, 16, num_layers=2)
     x = torch.randn(50, 4, 3)
@@ -207,7 +207,7 @@ def test_torchs_cpu_loop_runs_a_deeper_layer_on_its_input_not_a_copy(kind):
         return sorted(size for size in saved.values() if size >= 50 * 4 * 4 * 4)
 
     plain = large_saved()
-    with gradscope.record(layer) as rec:
+    with gradscope.record(layer, path="fused") as rec:
         recorded = large_saved()
     assert rec.trace.layer(layer=0).h.untyped_storage().data_ptr() in saved
     assert recorded == plain
