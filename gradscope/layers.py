@@ -237,7 +237,8 @@ class RecurrentLayer:
         op, _ = self.fused_op()
         weights = self._weights(layer, direction)
         recording = record is not None and torch.is_grad_enabled()
-        if recording and auto and x.device.type == "cpu":
+        # not under autocast: they compute in the input's dtype
+        if recording and auto and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
             relu = getattr(self, "nonlinearity", "tanh") == "relu"
             out, h_n, c_n = run_sequence(self.cell, x, h0, c0, weights, direction == "backward", record, relu)
             record.store(x, out, h0, c0, weights, self.step_function(), direction)

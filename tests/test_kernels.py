@@ -113,21 +113,45 @@ def test_the_sink_gets_each_step_s_gates_and_total_gradients(case, reverse):
         torch.testing.assert_close(grad_c, torch.stack([v.grad for v in ref.c]), **tol)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_id)
-def test_gradients_reach_only_some_outputs(case):
-    """Backward gets None for an output the loss does not reach."""
+def _compare(case, reverse, steps=5, reached=(0, 1, 2), frozen=()):
+    """The op against torch.nn on one loss over the outputs in ``reached`` (0 out, 1 h_n, 2 c_n), every
+    gradient of x, the initial states and the parameters not ``frozen`` (names)."""
     module = _module(case)
     lstm = case[0] == "lstm"
-    x = torch.randn(5, 2, 3, dtype=torch.float64)
-    zero = torch.zeros(2, 5, dtype=torch.float64)
-    for pick in range(3 if lstm else 2):
-        out, final = module(x)
-        h_n, c_n = final if lstm else (final, None)
-        reached = (out, h_n[0], None if c_n is None else c_n[0])[pick]
-        expected = torch.autograd.grad(reached.pow(2).sum(), list(module.parameters()))
-        got = _run(module, x, zero, zero if lstm else None)[pick]
-        for a, b in zip(torch.autograd.grad(got.pow(2).sum(), list(module.parameters())), expected, strict=True):
-            torch.testing.assert_close(a, b, **TOL[torch.float64])
+    for name in frozen:
+        getattr(module, name).requires_grad_(False)
+    x = torch.randn(steps, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(5, dtype=torch.float64, requires_grad=True).expand(2, 5)  # expanded, as a user's may be
+    c0 = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    leaves = [x, h0, c0] if lstm else [x, h0]
+    leaves += [p for p in module.parameters() if p.requires_grad]
+    out, final = module(x.flip(0) if reverse else x, (h0[None], c0[None]) if lstm else h0[None])
+    h_n, c_n = final if lstm else (final, None)
+    expected = (out.flip(0) if reverse else out, h_n[0], None if c_n is None else c_n[0])
+    got = _run(module, x, h0, c0 if lstm else None, reverse)
+
+    def grads(outputs):
+        return torch.autograd.grad(_loss(*[v if i in reached else None for i, v in enumerate(outputs)]), leaves)
+
+    for a, b in zip(grads(got), grads(expected), strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_gradients_reach_only_some_outputs(case, reverse):
+    """Backward gets None for an output the loss does not reach."""
+    for reached in ((0,), (1,), (2,)) if case[0] == "lstm" else ((0,), (1,)):
+        _compare(case, reverse, reached=reached)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_frozen_parameters_and_a_single_step(case):
+    """Inputs that do not require grad get none, the others theirs; a sequence of one step."""
+    for frozen in (("weight_ih_l0",), ("weight_hh_l0",), ("bias_ih_l0",), ("bias_hh_l0", "weight_ih_l0")):
+        _compare(case, False, frozen=frozen)
+    for reverse in (False, True):
+        _compare(case, reverse, steps=1)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)

@@ -182,6 +182,24 @@ def test_auto_records_on_the_cpu_through_gradscope_s_own_ops(monkeypatch, kind):
     assert runs == [kind] * 4
 
 
+def test_auto_records_through_torch_s_op_under_autocast(monkeypatch):
+    """gradscope's ops compute in the input's dtype: under autocast, auto records as "fused" does. (torch's
+    GRU loop runs under CPU autocast; oneDNN's LSTM does not, and the RNN's batched products do not yet.)"""
+    runs = []
+    original = layers.run_sequence
+    monkeypatch.setattr(layers, "run_sequence", lambda *a: runs.append(a[0]) or original(*a))
+    layer = gradscope.GRU(2, 3)
+    x = torch.randn(4, 2, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torch.nn.GRU.forward(layer, x)[0]
+        with gradscope.record(layer) as rec:
+            out = layer(x)[0]
+            out.float().sum().backward()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert rec.trace.layer().grad_h.abs().sum() > 0
+    assert runs == []
+
+
 def test_an_unrecorded_layer_runs_torch_s_own_forward_unless_told_otherwise(monkeypatch):
     calls = _spy_paths(monkeypatch)
     layer = gradscope.LSTM(2, 3)
@@ -233,13 +251,18 @@ def test_eval_mode_and_no_grad_on_the_fused_path():
     assert lt.grad_h is None and lt.gates["forget"].shape == (2, 6, 3)
 
 
-@pytest.mark.parametrize("kind,summary_keeps", [("lstm", "first"), ("gru", "latest"), ("rnn", "latest")])
-def test_repeated_backward_on_the_fused_path(kind, summary_keeps):
+@pytest.mark.parametrize(
+    "kind,path,summary_keeps",
+    [("lstm", "fused", "first"), ("gru", "fused", "latest"), ("rnn", "fused", "latest")]
+    + [(kind, "auto", "latest") for kind in CELLS],
+)
+def test_repeated_backward_on_the_fast_paths(kind, path, summary_keeps):
     """Full detail accumulates like .grad. Summary detail keeps the first backward through a fused kernel (its
-    scan inputs are freed), the latest through torch's hooked CPU loop (as on the unrolled path)."""
+    scan inputs are freed), the latest through torch's hooked CPU loop and gradscope's ops (as on the unrolled
+    path)."""
     layer = CELLS[kind][0](2, 3, dtype=torch.float64)
     for detail in ("full", "summary"):
-        with gradscope.record(layer, detail=detail, path="fused") as rec:
+        with gradscope.record(layer, detail=detail, path=path) as rec:
             loss = layer(torch.randn(5, 2, 2, dtype=torch.float64))[0].pow(2).sum()
             loss.backward(retain_graph=True)
             once = rec.trace.layer().to_frame().set_index(["quantity", "t"])
