@@ -494,19 +494,19 @@ class _LayerRecord:
         time, in the order run.
 
         Where torch's GRU loop ran, its gates are stacked from the values its graph saved (in full detail
-        as one block); where a :mod:`gradscope.kernels` op ran, they (and c) are views of what it kept (in
-        full detail one block, no copy). Otherwise they are recomputed from the recorded x and h:
-        each block is one batched cell call over as many steps as hold about ``_BLOCK_VALUES`` gate values
-        for the detail, which keeps temporaries small (and large fresh allocations are slow). For the LSTM,
-        :math:`c_t = f_t \\odot c_{t-1} + i_t \\odot g_t` is then scanned step by step.
+        as one block). Otherwise they are recomputed from the recorded x and h: each block is one batched
+        cell call over as many steps as hold about ``_BLOCK_VALUES`` gate values for the detail, which keeps
+        temporaries small (and large fresh allocations are slow). For the LSTM, :math:`c_t = f_t \\odot
+        c_{t-1} + i_t \\odot g_t` is then scanned step by step. (Where a :mod:`gradscope.kernels` op ran,
+        :meth:`_from_kernel` takes its values instead.)
         """
         h0, c0, (w_ih, w_hh, b_ih, b_hh), step, direction = self._inputs
         x, h = self.values["x"], self.values["h"]
         steps, batch, width = h.shape
         names = GATE_NAMES[self.cell]
-        saved, given = self._saved_gates, self._given
+        saved = self._saved_gates
         size = max(1, _BLOCK_VALUES[self.detail] // (batch * width * max(1, len(names))))
-        size = steps if (saved is not None or given is not None) and self.detail == "full" else size
+        size = steps if saved is not None and self.detail == "full" else size
         starts = range(0, steps, size)
         c_prev = c0
         with torch.no_grad():
@@ -516,10 +516,6 @@ class _LayerRecord:
                 if saved is not None:
                     values = [gates[k] for k in range(len(names)) for gates in saved[lo:hi]]
                     yield torch.stack(values).view(len(names), n, batch, width), None
-                    continue
-                if given is not None:
-                    gates, c = given
-                    yield tuple(gates[lo:hi, :, k] for k in GATE_ORDER[self.cell]), None if c is None else c[lo:hi]
                     continue
                 if direction == "forward":
                     h_prev = h[lo - 1 : hi - 1] if lo > 0 else torch.cat([h0[None], h[: hi - 1]])
@@ -547,6 +543,9 @@ class _LayerRecord:
         if self._derived or not names:  # the RNN has nothing to derive
             self._derived = True
             return None
+        if self._given is not None:
+            self._from_kernel(*self._given, reduce)
+            return None
         forward = self._inputs[4] == "forward"
         ranges = [self.gate_ranges[name] for name in names]
         parts: dict[str, list[Tensor]] = {}
@@ -564,7 +563,7 @@ class _LayerRecord:
             if c is not None:
                 parts.setdefault("c", []).append(norm_stats(c) if reduce else c)
         self._derived = True
-        self._saved_gates = self._given = None
+        self._saved_gates = None
         derived = {
             name: p[0] if len(p) == 1 else torch.cat(p if forward else p[::-1], dim=1 if name == "_stats" else 0)
             for name, p in parts.items()
@@ -574,6 +573,21 @@ class _LayerRecord:
         coefficients = (derived.pop("_keep"), derived.pop("_scale")) if scan_coefficients else None
         self.gates = dict(zip(names, derived.pop("_stats"), strict=True)) if reduce else derived
         return coefficients
+
+    def _from_kernel(self, gates: Tensor, c: Tensor | None, reduce: bool) -> None:
+        """:meth:`_derive` from a kernel's gates ``[T, B, G, M]`` and ``c``: views of them, or their statistics
+        over the whole sequence at once (they exist already: no blocks, no copies)."""
+        names, order = GATE_NAMES[self.cell], GATE_ORDER[self.cell]
+        if reduce:
+            in_kernel_order = [name for _, name in sorted(zip(order, names, strict=True))]
+            stats = gates_stats(gates.permute(2, 0, 1, 3), [self.gate_ranges[name] for name in in_kernel_order])
+            self.gates = {name: stats[k] for k, name in zip(order, names, strict=True)}
+        else:
+            self.gates = {name: gates[:, :, k] for k, name in zip(order, names, strict=True)}
+        if c is not None:
+            self.values["c"] = norm_stats(c) if reduce else c
+        self._derived = True
+        self._given = None
 
     def snapshot(self) -> LayerTrace | LayerSummary:
         module, layer, direction = self.key
