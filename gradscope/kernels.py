@@ -106,7 +106,7 @@ def _recurrent_weight_grad(h0: Tensor, h: Tensor, d: Tensor, reverse: bool) -> T
     r""":math:`\sum_t \delta_t h_{t-1}^T` (:math:`h_{t-1}` the state before step t as run): ``[R, M]``."""
     first = d.shape[0] - 1 if reverse else 0
     inner, h_inner = (d[:-1], h[1:]) if reverse else (d[1:], h[:-1])
-    return torch.addmm(d[first].t().mm(h0), inner.reshape(-1, d.shape[-1]).t(), h_inner.reshape(-1, h.shape[-1]))
+    return inner.reshape(-1, d.shape[-1]).t().mm(h_inner.reshape(-1, h.shape[-1])).addmm_(d[first].t(), h0)
 
 
 def _both_biases(grad: Tensor | None, needs: tuple[bool, ...]) -> tuple[Tensor | None, Tensor | None]:
@@ -243,7 +243,7 @@ class GRUSequence(torch.autograd.Function):
         torch.addcmul(r, r, r, value=-1, out=d_r).mul_(recurrent_n).mul_(da_n)
         (torch.sub(h[1:], n[:-1], out=d_z[:-1]) if reverse else torch.sub(h[:-1], n[1:], out=d_z[1:]))
         torch.sub(h0, n[first], out=d_z[first])  # h_{t-1} - n_t
-        d_z.mul_(torch.addcmul(z, z, z, value=-1))
+        d_z.mul_(z).addcmul_(d_z, z, value=-1)  # times z (1 - z), without a [T, B, M] temporary
         torch.mul(da_n, r, out=d_hn)
         # ... step by step from the last run
         rows = d.view(steps, batch, 3 * width).unbind(0)
