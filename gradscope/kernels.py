@@ -22,9 +22,10 @@ cost of a Python hook per step. Each op here instead runs one layer-direction's 
   (1 - g_t^2), \delta h_t \odot \tanh c_t \odot o_t (1 - o_t)]`.
 
 Each step's factors of :math:`\delta h_t` or :math:`\delta c_t` are computed for all steps at once before
-the backward loop, which then costs one matrix product and two to four elementwise operations a step
-(forward: two, six and six operations), each on views made once per call. The weights' gradients and
-:math:`\partial L / \partial x_t = W_{ih}^T \delta a_t` are batched products over all steps. The LSTM keeps
+the backward loop, which then costs one matrix product and one to four elementwise operations a step
+(RNN, GRU, LSTM: two, three and five operations; forward: two, six and seven), each on views made once
+per call. The weights' gradients and :math:`\partial L / \partial x_t = W_{ih}^T \delta a_t` are batched
+products over all steps. The LSTM keeps
 its rows in the order (o, i, f, g), so that one ``sigmoid_`` covers three gates, and
 :math:`\tanh a = 2 \sigma(2 a) - 1` makes it cover the fourth (sigmoid costs a third of tanh on the CPU).
 
