@@ -53,11 +53,16 @@ Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
 class Sink(Protocol):
     """What receives the values of one op's call: the recording of its layer-direction. All in time order."""
 
+    norms_only: bool
+    """Whether the RNN's backward may hand over only each step's norm of ∂L/∂h_t over features, ``[T, B]``
+    (it then holds one step's ∂L/∂h_t at a time, not the whole sequence's)."""
+
     def on_kernel_values(self, gates: Tensor | None, c: Tensor | None) -> None:
         """Forward: the gates ``[T, B, G, M]`` (see :data:`GATE_ORDER`; None for the RNN), the LSTM's ``c``."""
 
     def on_kernel_grads(self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor | None) -> None:
-        """Backward: the total gradients of ``x`` ``[T, B, D]``, ``h`` (and the LSTM's ``c``) ``[T, B, M]``."""
+        """Backward: the total gradients of ``x`` ``[T, B, D]``, ``h`` (and the LSTM's ``c``) ``[T, B, M]``
+        (``h``'s: its norms ``[T, B]`` where :attr:`norms_only`, from the RNN)."""
 
 
 def run_sequence(
@@ -156,16 +161,34 @@ class RNNSequence(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple[Tensor | None, ...]:
         x, h0, w_ih, w_hh, h = ctx.saved_tensors
         reverse = ctx.reverse
-        dh = _start(grad_out, grad_hn, h, reverse)
-        # da = dh * phi'(a), phi' from phi's value: 1 - h^2, or 1 where h > 0
+        # da = dh * phi'(a), phi' from phi's value: 1 - h^2, or 1 where h > 0; then, in place, da itself
         da = (h > 0).to(h.dtype) if ctx.relu else torch.addcmul(h.new_ones(()), h, h, value=-1)
-        dhs, das = dh.unbind(0), da.unbind(0)
+        das = da.unbind(0)
         after = None
-        for t in reversed(_run_order(h.shape[0], reverse)):
-            if after is not None:
-                dhs[t].addmm_(das[after], w_hh)
-            das[t].mul_(dhs[t])
-            after = t
+        if ctx.sink.norms_only:  # each step's dh in one [B, M] buffer, only its norms kept: [T, B]
+            dh = h.new_empty(h.shape[:2])
+            step = h.new_zeros(h.shape[1:]) if grad_out is None else torch.empty_like(grad_out[0])
+            arriving = [None] * h.shape[0] if grad_out is None else grad_out.unbind(0)
+            for t in reversed(_run_order(h.shape[0], reverse)):
+                if after is None:
+                    step.copy_(arriving[t]) if arriving[t] is not None else step.zero_()
+                    if grad_hn is not None:
+                        step.add_(grad_hn)
+                elif arriving[t] is None:
+                    torch.mm(das[after], w_hh, out=step)
+                else:
+                    torch.addmm(arriving[t], das[after], w_hh, out=step)
+                torch.linalg.vector_norm(step, dim=-1, out=dh[t])
+                das[t].mul_(step)
+                after = t
+        else:
+            dh = _start(grad_out, grad_hn, h, reverse)
+            dhs = dh.unbind(0)
+            for t in reversed(_run_order(h.shape[0], reverse)):
+                if after is not None:
+                    dhs[t].addmm_(das[after], w_hh)
+                das[t].mul_(dhs[t])
+                after = t
         grad_x = _project(da, w_ih.t(), None)
         ctx.sink.on_kernel_grads(grad_x, dh, None)
         needs = ctx.needs_input_grad

@@ -419,6 +419,11 @@ class _LayerRecord:
             if tensor is not None and tensor.requires_grad:
                 tensor.register_hook(partial(self._fused.arrive, name))
 
+    @property
+    def norms_only(self) -> bool:
+        """For a kernel: summary detail keeps only the norms of ``grad_h``."""
+        return self.detail == "summary"
+
     def on_kernel_values(self, gates: Tensor | None, c: Tensor | None) -> None:
         """A :mod:`gradscope.kernels` op's forward: its gates and the LSTM's ``c``, kept instead of recomputed."""
         self._given = None if gates is None else (gates, c)
@@ -426,7 +431,7 @@ class _LayerRecord:
     def on_kernel_grads(self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor | None) -> None:
         """A :mod:`gradscope.kernels` op's backward: every step's total gradients, time order."""
         self._on_grad("grad_x", grad_x, shared=self.key[1] == 0)  # it is also the input's gradient
-        self._on_grad("grad_h", grad_h)
+        self._on_grad("grad_h", grad_h, norms=grad_h.dim() == 2)
         if grad_c is not None:
             self._on_grad("grad_c", grad_c)
 

@@ -21,7 +21,8 @@ def _id(case):
 class _Sink:
     """Keeps what the op hands over."""
 
-    def __init__(self) -> None:
+    def __init__(self, norms_only: bool = False) -> None:
+        self.norms_only = norms_only
         self.values: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
         self.grads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
 
@@ -178,3 +179,24 @@ def test_none_can_be_differentiated_twice(case):
     )
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         grad.sum().backward()
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("reached", [(0, 1), (0,), (1,)], ids=["out_and_h_n", "out", "h_n"])
+@pytest.mark.parametrize("case", CASES[:2], ids=_id)
+def test_the_rnn_hands_over_only_norms_where_asked_with_the_same_gradients(case, reverse, reached):
+    module = _module(case)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    h0 = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    results = []
+    for norms_only in (False, True):
+        sink = _Sink(norms_only)
+        out, h_n, _ = _run(module, x, h0, None, reverse, sink)
+        loss = _loss(*[v if i in reached else None for i, v in enumerate((out, h_n))])
+        grads = torch.autograd.grad(loss, [h0, *module.parameters()])
+        results.append((sink.grads[0], grads))
+    (full, full_grads), (norms, norms_grads) = results
+    torch.testing.assert_close(norms[1], torch.linalg.vector_norm(full[1], dim=-1), **TOL[torch.float64])
+    torch.testing.assert_close(norms[0], full[0], **TOL[torch.float64])
+    for a, b in zip(norms_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
