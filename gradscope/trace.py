@@ -64,7 +64,11 @@ def _quantiles(values: Tensor) -> Tensor:
     The positions are computed in Python: a few tensor operations on small blocks of steps cost more in
     dispatch than in arithmetic.
     """
-    ordered = values.sort(dim=-1).values
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        # numpy's sort: on rows of tens of values, about 15 times faster than torch's on the CPU
+        ordered = torch.from_numpy(np.sort(values.detach().numpy(), axis=-1))
+    else:
+        ordered = values.sort(dim=-1).values
     positions = [q * (values.shape[-1] - 1) for q in _QUANTILES]
     below, above = [math.floor(p) for p in positions], [math.ceil(p) for p in positions]
     weights = torch.tensor(
@@ -107,20 +111,16 @@ def gates_stats(values: Tensor, value_ranges: Sequence[tuple[float, float] | Non
     """
     with torch.no_grad():
         unit_means = values.mean(2)
-        unbounded = [g for g, r in enumerate(value_ranges) if r is None]
-        if len(unbounded) < len(value_ranges):
-            # an unbounded gate's thresholds are infinite, its fraction is set to NaN below
-            bands = [None if r is None else _SATURATION_BAND * (r[1] - r[0]) for r in value_ranges]
-            low = [-math.inf if r is None else r[0] + b for r, b in zip(value_ranges, bands, strict=True)]
-            high = [math.inf if r is None else r[1] - b for r, b in zip(value_ranges, bands, strict=True)]
-            shape = (len(value_ranges), 1, 1, 1)
-            below, above = values.new_tensor(low).view(shape), values.new_tensor(high).view(shape)
-            outer = (values < below).logical_or_(values > above)
-            saturated = outer.sum((2, 3), dtype=values.dtype).div_(values[0, 0].numel()).unsqueeze(-1)
-            if unbounded:
-                saturated[unbounded] = math.nan
-        else:
-            saturated = torch.full_like(unit_means[..., :1], math.nan)
+        # saturated: farther than reach from the middle of its range (an unbounded gate: never, then NaN); as
+        # 0/1 floats, several times cheaper on the CPU than comparisons into bool tensors
+        middle = [0.0 if r is None else (r[0] + r[1]) / 2 for r in value_ranges]
+        reach = [math.inf if r is None else (0.5 - _SATURATION_BAND) * (r[1] - r[0]) for r in value_ranges]
+        shape = (len(value_ranges), 1, 1, 1)
+        outer = values.new_empty(values.shape)  # contiguous, whatever the layout of values: a faster sum
+        torch.sub(values, values.new_tensor(middle).view(shape), out=outer).abs_()
+        outer.gt_(values.new_tensor(reach).view(shape))
+        saturated = outer.sum((2, 3)).div_(values[0, 0].numel()).unsqueeze(-1)
+        saturated[[g for g, r in enumerate(value_ranges) if r is None]] = math.nan
         return torch.cat([unit_means.mean(-1, keepdim=True), _quantiles(unit_means), saturated], dim=-1)
 
 

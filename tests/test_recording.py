@@ -12,7 +12,7 @@ from reference import unrolled
 from torch import nn
 
 import gradscope
-from gradscope.trace import FRAME_COLUMNS
+from gradscope.trace import FRAME_COLUMNS, gates_stats
 
 F64 = TOL[torch.float64]
 
@@ -330,6 +330,33 @@ def test_summary_statistics_are_what_they_claim():
         assert frame.loc[("candidate", t), "saturated"] == pytest.approx(
             (lt.gates["candidate"][:, t].abs() > 0.8).double().mean().item()
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])  # bfloat16: torch's sort
+def test_gates_statistics_equal_torch_quantile_and_a_direct_count(dtype):
+    # [T, B, G, M] seen as [G, T, B, M], as the kernels hand them over; values on and near the thresholds
+    values = torch.rand(6, 5, 3, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    values[:, :, 1] = values[:, :, 1] * 2 - 1
+    values[0, :, 0, :4] = torch.tensor([0.1, 0.9, 0.0999, 0.9001], dtype=torch.float64)
+    values[0, :, 1, :4] = torch.tensor([-0.8, 0.8, -0.8001, 0.8001], dtype=torch.float64)
+    gates = values.to(dtype).permute(2, 0, 1, 3)
+    stats = gates_stats(gates, [(0.0, 1.0), (-1.0, 1.0), None]).double()
+    exact = gates.double()
+    unit_means = exact.mean(2)
+    tol = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}[dtype]
+    assert stats[..., 0] == pytest.approx(unit_means.mean(-1), abs=tol)
+    quantiles = torch.quantile(unit_means, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), dim=-1)
+    assert stats[..., 1:4] == pytest.approx(quantiles.permute(1, 2, 0), abs=tol)
+    sigmoid_like, tanh_like = exact[0], exact[1]
+
+    def threshold(value: float) -> float:  # as the gates' dtype has it
+        return torch.tensor(value, dtype=dtype).item()
+
+    fraction = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}[dtype]  # bfloat16: of 45 values
+    beyond = (sigmoid_like < threshold(0.1)) | (sigmoid_like > threshold(0.9))
+    assert stats[0, :, 4] == pytest.approx(beyond.double().mean((1, 2)), rel=fraction)
+    assert stats[1, :, 4] == pytest.approx((tanh_like.abs() > threshold(0.8)).double().mean((1, 2)), rel=fraction)
+    assert stats[2, :, 4].isnan().all()
 
 
 @pytest.mark.parametrize("detail", ["full", "summary"])
