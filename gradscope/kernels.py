@@ -25,7 +25,9 @@ Each step's factors of :math:`\delta h_t` or :math:`\delta c_t` are computed for
 the backward loop, which then costs one matrix product and one to four elementwise operations a step
 (RNN, GRU, LSTM: two, three and five operations; forward: two, six and seven), each on views made once
 per call. The weights' gradients and :math:`\partial L / \partial x_t = W_{ih}^T \delta a_t` are batched
-products over all steps. The LSTM keeps
+products over all steps; the RNN's over blocks of steps, so that its backward holds :math:`\delta a` (and,
+where only norms are asked, :math:`\delta h`) for a block at a time, not the whole sequence: beside an RNN
+training step's own memory, a whole-sequence buffer showed in its peak. The LSTM keeps
 its rows in the order (o, i, f, g), so that one ``sigmoid_`` covers three gates, and
 :math:`\tanh a = 2 \sigma(2 a) - 1` makes it cover the fourth (sigmoid costs a third of tanh on the CPU).
 
@@ -48,6 +50,9 @@ GATE_ORDER: dict[str, tuple[int, ...]] = {"rnn": (), "gru": (0, 1, 2), "lstm": (
 _LSTM_ROWS = (3, 0, 1, 2)
 
 Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
+
+# the RNN's backward holds its pre-activations' gradient for blocks of this many elements (steps x B x M)
+_BLOCK_ELEMENTS = 1 << 18
 
 
 class Sink(Protocol):
@@ -108,11 +113,23 @@ def _input_weight_grad(x: Tensor, d: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1]).t().mm(d.reshape(-1, d.shape[-1])).t()
 
 
-def _recurrent_weight_grad(h0: Tensor, h: Tensor, d: Tensor, reverse: bool) -> Tensor:
-    r""":math:`\sum_t \delta_t h_{t-1}^T` (:math:`h_{t-1}` the state before step t as run): ``[R, M]``."""
-    first = d.shape[0] - 1 if reverse else 0
-    inner, h_inner = (d[:-1], h[1:]) if reverse else (d[1:], h[:-1])
-    return inner.reshape(-1, d.shape[-1]).t().mm(h_inner.reshape(-1, h.shape[-1])).addmm_(d[first].t(), h0)
+def _recurrent_weight_grad(h0: Tensor, h: Tensor, d: Tensor, reverse: bool, low: int = 0) -> Tensor:
+    r""":math:`\sum_t \delta_t h_{t-1}^T` over the steps ``low .. low + len(d) - 1`` that ``d`` holds (all by
+    default), :math:`h_{t-1}` the state before step t as run: ``[R, M]``."""
+    high = low + d.shape[0]
+    if reverse:  # before step t: h[t + 1], or h0 for the last step (run first)
+        before = h[low + 1 : high + 1]
+        inner = d[: before.shape[0]]
+    else:
+        before = h[max(low - 1, 0) : high - 1]
+        inner = d[d.shape[0] - before.shape[0] :]
+    grad = inner.reshape(-1, d.shape[-1]).t().mm(before.reshape(-1, h.shape[-1]))
+    first = h.shape[0] - 1 if reverse else 0
+    return grad.addmm_(d[first - low].t(), h0) if low <= first < high else grad
+
+
+def _accumulate(total: Tensor | None, part: Tensor) -> Tensor:
+    return part if total is None else total.add_(part)
 
 
 def _both_biases(grad: Tensor | None, needs: tuple[bool, ...]) -> tuple[Tensor | None, Tensor | None]:
@@ -160,44 +177,52 @@ class RNNSequence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple[Tensor | None, ...]:
         x, h0, w_ih, w_hh, h = ctx.saved_tensors
-        reverse = ctx.reverse
-        # da = dh * phi'(a), phi' from phi's value: 1 - h^2, or 1 where h > 0; then, in place, da itself
-        da = (h > 0).to(h.dtype) if ctx.relu else torch.addcmul(h.new_ones(()), h, h, value=-1)
-        das = da.unbind(0)
-        after = None
-        if ctx.sink.norms_only:  # each step's dh in one [B, M] buffer, only its norms kept: [T, B]
-            dh = h.new_empty(h.shape[:2])
-            step = h.new_zeros(h.shape[1:]) if grad_out is None else torch.empty_like(grad_out[0])
-            arriving = [None] * h.shape[0] if grad_out is None else grad_out.unbind(0)
-            for t in reversed(_run_order(h.shape[0], reverse)):
+        steps, batch, width = h.shape
+        reverse, norms_only, needs = ctx.reverse, ctx.sink.norms_only, ctx.needs_input_grad
+        arriving = [None] * steps if grad_out is None else grad_out.unbind(0)
+        # dh: every step's (or, norms only, its norms, each step's dh then in one [B, M] buffer)
+        dh = h.new_empty(h.shape[:2] if norms_only else h.shape)
+        dhs = [h.new_empty(h.shape[1:])] * steps if norms_only else dh.unbind(0)
+        grad_x = x.new_empty(x.shape)
+        grad_w_ih = grad_w_hh = grad_b = None
+        after = None  # da of the step run after this one
+        # in blocks of steps, run order reversed: da = dh * phi'(a) is held a block at a time
+        order = list(reversed(_run_order(steps, reverse)))
+        block = max(1, _BLOCK_ELEMENTS // (batch * width))
+        for start in range(0, steps, block):
+            times = order[start : start + block]
+            low, high = min(times), max(times) + 1
+            h_block = h[low:high]
+            # phi' from phi's value: 1 - h^2, or 1 where h > 0; then, in place, da itself
+            da = (h_block > 0).to(h.dtype) if ctx.relu else torch.addcmul(h.new_ones(()), h_block, h_block, value=-1)
+            das = da.unbind(0)
+            for t in times:
+                target = dhs[t]
                 if after is None:
-                    step.copy_(arriving[t]) if arriving[t] is not None else step.zero_()
+                    target.copy_(arriving[t]) if arriving[t] is not None else target.zero_()
                     if grad_hn is not None:
-                        step.add_(grad_hn)
+                        target.add_(grad_hn)
                 elif arriving[t] is None:
-                    torch.mm(das[after], w_hh, out=step)
+                    torch.mm(after, w_hh, out=target)
                 else:
-                    torch.addmm(arriving[t], das[after], w_hh, out=step)
-                torch.linalg.vector_norm(step, dim=-1, out=dh[t])
-                das[t].mul_(step)
-                after = t
-        else:
-            dh = _start(grad_out, grad_hn, h, reverse)
-            dhs = dh.unbind(0)
-            for t in reversed(_run_order(h.shape[0], reverse)):
-                if after is not None:
-                    dhs[t].addmm_(das[after], w_hh)
-                das[t].mul_(dhs[t])
-                after = t
-        grad_x = _project(da, w_ih.t(), None)
+                    torch.addmm(arriving[t], after, w_hh, out=target)
+                if norms_only:
+                    torch.linalg.vector_norm(target, dim=-1, out=dh[t])
+                after = das[t - low].mul_(target)
+            torch.mm(da.view(-1, width), w_ih, out=grad_x[low:high].view(-1, x.shape[-1]))
+            if needs[2]:
+                grad_w_ih = _accumulate(grad_w_ih, _input_weight_grad(x[low:high], da))
+            if needs[3]:
+                grad_w_hh = _accumulate(grad_w_hh, _recurrent_weight_grad(h0, h, da, reverse, low))
+            if ctx.bias:
+                grad_b = _accumulate(grad_b, da.sum((0, 1)))
         ctx.sink.on_kernel_grads(grad_x, dh, None)
-        needs = ctx.needs_input_grad
         return (
             grad_x if needs[0] else None,
-            das[after].mm(w_hh) if needs[1] else None,
-            _input_weight_grad(x, da) if needs[2] else None,
-            _recurrent_weight_grad(h0, h, da, reverse) if needs[3] else None,
-            *_both_biases(da.sum((0, 1)) if ctx.bias else None, needs[4:6]),
+            after.mm(w_hh) if needs[1] else None,
+            grad_w_ih,
+            grad_w_hh,
+            *_both_biases(grad_b, needs[4:6]),
             None,
             None,
             None,

@@ -7,6 +7,7 @@ import torch
 from conftest import TOL
 from reference import unrolled
 
+from gradscope import kernels
 from gradscope.cells import GATE_NAMES
 from gradscope.kernels import GATE_ORDER, run_sequence
 
@@ -199,4 +200,32 @@ def test_the_rnn_hands_over_only_norms_where_asked_with_the_same_gradients(case,
     torch.testing.assert_close(norms[1], torch.linalg.vector_norm(full[1], dim=-1), **TOL[torch.float64])
     torch.testing.assert_close(norms[0], full[0], **TOL[torch.float64])
     for a, b in zip(norms_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("block_steps", [1, 3])
+@pytest.mark.parametrize("norms_only", [False, True], ids=["full", "norms"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("case", CASES[:2], ids=_id)
+def test_the_rnn_backward_in_blocks_of_steps_is_the_whole_sequence_s(
+    case, reverse, norms_only, block_steps, monkeypatch
+):
+    module = _module(case)
+    x = torch.randn(7, 4, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    leaves = [x, h0, *module.parameters()]
+    results = []
+    for elements in (x.shape[0] * 4 * 5, block_steps * 4 * 5):  # one block of all 7 steps, then 7 / block_steps
+        monkeypatch.setattr(kernels, "_BLOCK_ELEMENTS", elements)
+        sink = _Sink(norms_only)
+        out, h_n, _ = _run(module, x, h0, None, reverse, sink)
+        grads = torch.autograd.grad(_loss(out, h_n), leaves)
+        results.append((sink.grads[0], grads))
+    (whole, whole_grads), (blocks, block_grads) = results
+    expected_out, expected_hn = module(x.flip(0) if reverse else x, h0[None])
+    expected = torch.autograd.grad(_loss(expected_out.flip(0) if reverse else expected_out, expected_hn[0]), leaves)
+    for a, b, c in zip(block_grads, whole_grads, expected, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+        torch.testing.assert_close(a, c, **TOL[torch.float64])
+    for a, b in zip(blocks[:2], whole[:2], strict=True):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
