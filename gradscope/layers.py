@@ -326,6 +326,10 @@ class RecurrentLayer:
         x, batched = self._check_input(input)
         h0, c0 = self._initial_state(hx, x, batched)
         sink = self._gradscope_sink
+        if sink is not None and x.shape[1] == 0:
+            raise ValueError(
+                f"recording needs a batch of at least one sequence, got input of shape {tuple(input.shape)}"
+            )
         if sink is None and self._fused(None):
             return self._torch_class.forward(self, input, hx)  # type: ignore[arg-type]
         path, new_record = sink(self) if sink is not None else (None, None)

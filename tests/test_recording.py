@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pandas as pd
@@ -462,6 +463,19 @@ def test_record_restores_after_an_error_inside_the_recorded_forward():
     with pytest.raises(ValueError, match="input_size=4"), gradscope.record(model):
         model.encoder.lstm(torch.randn(2, 6, 9))
     _assert_restored(model, before)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_recording_an_empty_batch_is_a_named_error_and_records_nothing(kind):
+    layer = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[kind](3, 4, batch_first=True)
+    with gradscope.record(layer) as rec:
+        with pytest.raises(
+            ValueError, match=re.escape("a batch of at least one sequence, got input of shape (0, 6, 3)")
+        ):
+            layer(torch.randn(0, 6, 3))
+        layer(torch.randn(2, 6, 3))[0].sum().backward()
+    assert len(rec.trace) == 1 and rec.trace.layer().grad_h.shape == (2, 6, 4)
+    assert layer(torch.randn(0, 6, 3))[0].shape == (0, 6, 4)  # unrecorded, as torch.nn
 
 
 def test_recording_the_root_torch_module_and_training_it():
