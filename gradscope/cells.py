@@ -141,7 +141,8 @@ def gru_cell(
         b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * m], b_hh[2 * m :])
         r, z = torch.sigmoid(gi_rz + _recurrent(h, w_hh[: 2 * m], b_rz)).chunk(2, -1)
         n = torch.tanh(gi_n + _recurrent(r * h, w_hh[2 * m :], b_n))
-    return torch.lerp(n, h, z), (r, z, n)
+    # lerp takes one dtype: under autocast n and z are in the lower one, h in the state's
+    return torch.lerp(n.to(h.dtype), h, z.to(h.dtype)), (r, z, n)
 
 
 def lstm_cell(

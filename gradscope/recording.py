@@ -184,8 +184,8 @@ class _ProjectionGradients:
         reached = [d for d in grad_outputs if d is not None] or [v for v in (out, h_n) if v is not None]
         if not reached:
             return
-        w_hh = self.record._inputs[2][1]
         steps, (batch, width) = len(grad_outputs), reached[0].shape[-2:]
+        w_hh = self.record._inputs[2][1].to(reached[0].dtype)  # under autocast, the gradients' dtype is lower
         norms = self.record.detail == "summary"
         size = max(1, _PRODUCT_BLOCK_VALUES // (batch * width)) if norms else steps
         blocks = []

@@ -183,8 +183,7 @@ def test_auto_records_on_the_cpu_through_gradscope_s_own_ops(monkeypatch, kind):
 
 
 def test_auto_records_through_torch_s_op_under_autocast(monkeypatch):
-    """gradscope's ops compute in the input's dtype: under autocast, auto records as "fused" does. (torch's
-    GRU loop runs under CPU autocast; oneDNN's LSTM does not, and the RNN's batched products do not yet.)"""
+    """gradscope's ops compute in the input's dtype: under autocast, auto records as "fused" does."""
     runs = []
     original = layers.run_sequence
     monkeypatch.setattr(layers, "run_sequence", lambda *a: runs.append(a[0]) or original(*a))
@@ -198,6 +197,24 @@ def test_auto_records_through_torch_s_op_under_autocast(monkeypatch):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     assert rec.trace.layer().grad_h.abs().sum() > 0
     assert runs == []
+
+
+@pytest.mark.parametrize("path", ["auto", "unrolled"])
+@pytest.mark.parametrize(("kind", "options"), [("rnn", {}), ("gru", {}), ("gru", {"reset": "before"})])
+def test_recording_under_cpu_autocast_is_close_to_float32(kind, options, path):
+    """(oneDNN's LSTM does not run under CPU autocast, with or without gradscope.)"""
+    torch.manual_seed(0)
+    layer = {"rnn": gradscope.RNN, "gru": gradscope.GRU}[kind](2, 3, **options)
+    x = torch.randn(4, 6, 2)
+    results = []
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), gradscope.record(layer, path=path) as rec:
+            out = layer(x)[0]
+            out.float().square().sum().backward()
+        results.append((out.float(), rec.trace.layer().grad_h.float(), rec.trace.layer().grad_x.float()))
+    for exact, lower in zip(*results, strict=True):
+        torch.testing.assert_close(lower, exact, rtol=0.05, atol=0.05)
+    assert results[1][1].abs().sum() > 0
 
 
 def test_an_unrecorded_layer_runs_torch_s_own_forward_unless_told_otherwise(monkeypatch):
