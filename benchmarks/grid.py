@@ -13,7 +13,8 @@ T 100, 256 and 1000, D 1 and 8, M 64, 128 and 512 (216 points: restrict the axes
   cell and size, unrecorded; (d1) the same step with its forward and backward under
   ``record(detail="summary")``, as ``compare`` does on its record steps.
 
-``--paths auto unrolled`` adds (b) and (c) on the unrolled path (``b_unrolled``, ``c_unrolled``; slow).
+``--paths auto fused unrolled`` adds (b) and (c) with the path forced (``b_fused``, ``c_unrolled``, ...; unrolled
+is slow).
 The variants run in interleaved rounds (a, b, c, ..., d0, d1, a, b, ...); a ratio is the median over the
 rounds of the ratio within a round. A separate pass then measures the peak memory of one call of each
 variant (torch.profiler's allocation events on CPU, ``max_memory_allocated`` on CUDA) and the memory full
@@ -68,7 +69,7 @@ MB = 2**20
 DEFINITIONS = """\
 - **a ms**: median time of (a), `torch.nn` forward + backward of `out.sum()`.
 - **b/a, c/a**: (b) full and (c) summary recording (path auto, trace read once) relative to (a);
-  **b_unrolled/a, c_unrolled/a**: the same on the unrolled path.
+  **b_fused/a, c_fused/a** and **b_unrolled/a, c_unrolled/a** (with `--paths`): the same with the path forced.
 - **d0/a**: an unrecorded Adam training step of `SequenceModel` relative to (a), for context;
   **d1/d0**: the same step recorded with `detail="summary"` relative to the unrecorded one.
 - **peak …**: the same ratios for the peak memory of one call, above what was allocated before it:
