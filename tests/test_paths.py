@@ -199,12 +199,20 @@ def test_auto_records_through_torch_s_op_under_autocast(monkeypatch):
     assert runs == []
 
 
-@pytest.mark.parametrize("path", ["auto", "unrolled"])
-@pytest.mark.parametrize(("kind", "options"), [("rnn", {}), ("gru", {}), ("gru", {"reset": "before"})])
+_AUTOCAST_CASES = [
+    *[
+        (kind, options, path)
+        for kind, options in [("rnn", {}), ("gru", {}), ("gru", {"reset": "before"})]
+        for path in ("auto", "unrolled")
+    ],
+    ("lstm", {}, "unrolled"),  # oneDNN's LSTM does not run under CPU autocast, with or without gradscope
+]
+
+
+@pytest.mark.parametrize(("kind", "options", "path"), _AUTOCAST_CASES)
 def test_recording_under_cpu_autocast_is_close_to_float32(kind, options, path):
-    """(oneDNN's LSTM does not run under CPU autocast, with or without gradscope.)"""
     torch.manual_seed(0)
-    layer = {"rnn": gradscope.RNN, "gru": gradscope.GRU}[kind](2, 3, **options)
+    layer = {"rnn": gradscope.RNN, "gru": gradscope.GRU, "lstm": gradscope.LSTM}[kind](2, 3, **options)
     x = torch.randn(4, 6, 2)
     results = []
     for autocast in (False, True):
