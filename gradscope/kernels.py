@@ -31,6 +31,11 @@ training step's own memory, a whole-sequence buffer showed in its peak. The LSTM
 its rows in the order (o, i, f, g), so that one ``sigmoid_`` covers three gates, and
 :math:`\tanh a = 2 \sigma(2 a) - 1` makes it cover the fourth (sigmoid costs a third of tanh on the CPU).
 
+For float32 and float64 the LSTM's two loops run compiled (:mod:`gradscope.native`): a step is one matrix
+product and one pass over its elements. At small sizes torch's calls cost more than their arithmetic, and
+the loops in torch's operations, which remain for other dtypes and where the kernel cannot be built, took
+1.3-2x torch.nn's LSTM.
+
 Every op's outputs and gradients are torch.nn's (tests/test_kernels.py); none can be differentiated twice.
 """
 
@@ -41,6 +46,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+from gradscope.native import lstm_ops
 
 __all__ = ["GATE_ORDER", "Sink", "run_sequence"]
 
@@ -282,7 +289,7 @@ class GRUSequence(torch.autograd.Function):
         reverse = ctx.reverse
         first = steps - 1 if reverse else 0
         dh = _start(grad_out, grad_hn, h, reverse)
-        one = h.new_ones(())
+        one = dh.new_ones(())
         r, z, n = gates.unbind(2)
         # d: per unit of dh, the gradients of a_r, a_z and W_hn h + b_hn (then, in place, the gradients) ...
         d = torch.empty_like(gates)
@@ -338,28 +345,21 @@ class LSTMSequence(torch.autograd.Function):
         steps, batch, _ = x.shape
         width = w_hh.shape[1]
         w_ih, w_hh = _rows(w_ih, _LSTM_ROWS), _rows(w_hh, _LSTM_ROWS)
-        # forward runs on the cell gate's rows doubled: tanh a = 2 sigmoid(2a) - 1
-        double = x.new_ones(4 * width, 1)
-        double[3 * width :] = 2
-        bias = None if b_ih is None or b_hh is None else _rows(b_ih + b_hh, _LSTM_ROWS) * double[:, 0]
-        gates = _project(x, w_ih * double, bias).view(steps, batch, 4, width)
+        bias = None if b_ih is None or b_hh is None else _rows(b_ih + b_hh, _LSTM_ROWS)
         h, c, tanh_c = (x.new_empty(steps, batch, width) for _ in range(3))
-        rows = gates.view(steps, batch, 4 * width).unbind(0)
-        out_gate, in_gate, forget, cell = (gates[:, :, k].unbind(0) for k in range(4))
-        hs, cs, tanh_cs = h.unbind(0), c.unbind(0), tanh_c.unbind(0)
-        w_t = (w_hh * double).t()
-        low, high = x.new_full((batch, width), -1.0), x.new_ones(batch, width)  # 0-dim ends: slower lerp
-        h_prev, c_prev = h0, c0
-        for t in _run_order(steps, reverse):
-            rows[t].addmm_(h_prev, w_t).sigmoid_()
-            torch.lerp(low, high, cell[t], out=cell[t])
-            c_prev = torch.mul(in_gate[t], cell[t], out=cs[t]).addcmul_(forget[t], c_prev)
-            h_prev = torch.mul(out_gate[t], torch.tanh(c_prev, out=tanh_cs[t]), out=hs[t])
+        ops = lstm_ops(x)
+        if ops is None:
+            gates = _lstm_forward_loop(x, h0, c0, w_ih, w_hh, bias, h, c, tanh_c, reverse)
+        else:
+            gates = _project(x, w_ih, bias)
+            ops.lstm_forward(gates, w_hh, h0, c0, h, c, tanh_c, reverse)
+            gates = gates.view(steps, batch, 4, width)
+        last = 0 if reverse else -1
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, c, tanh_c, h)  # tanh c: kept, as it is costly
-        ctx.reverse, ctx.sink, ctx.bias = reverse, sink, bias is not None  # type: ignore[attr-defined]
+        ctx.reverse, ctx.sink, ctx.bias, ctx.ops = reverse, sink, bias is not None, ops  # type: ignore[attr-defined]
         sink.on_kernel_values(gates, c)
-        return h, h_prev.clone(), c_prev.clone()
+        return h, h[last].clone(), c[last].clone()
 
     @staticmethod
     @once_differentiable
@@ -371,36 +371,11 @@ class LSTMSequence(torch.autograd.Function):
         reverse = ctx.reverse
         first = steps - 1 if reverse else 0
         dh = _start(grad_out, grad_hn, h, reverse)
-        # da: the pre-activations' gradient per unit of dh (output gate) or dc (the others) ...
-        one = h.new_ones(())
-        out_gate, in_gate, forget, cell = gates.unbind(2)
-        da = torch.empty_like(gates)
-        sigmoids = gates[:, :, :3]
-        torch.addcmul(sigmoids, sigmoids, sigmoids, value=-1, out=da[:, :, :3])
-        da[:, :, 0].mul_(tanh_c)
-        da[:, :, 1].mul_(cell)
-        (da[:-1, :, 2] if reverse else da[1:, :, 2]).mul_(c[1:] if reverse else c[:-1])  # c_{t-1} after the first
-        da[first, :, 2].mul_(c0)
-        torch.addcmul(one, cell, cell, value=-1, out=da[:, :, 3]).mul_(in_gate)
-        dh_dc = torch.addcmul(one, tanh_c, tanh_c, value=-1).mul_(out_gate)  # o (1 - tanh^2 c)
-        # ... and in place, step by step from the last run, da itself
-        dc = torch.empty_like(dh)
-        rows = da.view(steps, batch, 4 * width).unbind(0)
-        da_out, da_rest = da[:, :, 0].unbind(0), da[:, :, 1:].unbind(0)
-        dhs, dcs, dc_columns = dh.unbind(0), dc.unbind(0), dc[:, :, None].unbind(0)
-        dh_dcs, forgets = dh_dc.unbind(0), forget.unbind(0)
-        after = None
-        for t in reversed(_run_order(steps, reverse)):
-            if after is None:
-                torch.mul(dhs[t], dh_dcs[t], out=dcs[t])
-                if grad_cn is not None:
-                    dcs[t].add_(grad_cn)
-            else:
-                dhs[t].addmm_(rows[after], w_hh)
-                torch.mul(dhs[t], dh_dcs[t], out=dcs[t]).addcmul_(forgets[after], dcs[after])
-            da_rest[t].mul_(dc_columns[t])
-            da_out[t].mul_(dhs[t])
-            after = t
+        if ctx.ops is None:
+            da, dc = _lstm_backward_loop(c0, w_hh, gates, c, tanh_c, dh, grad_cn, reverse)
+        else:
+            da, dc = torch.empty_like(gates), torch.empty_like(dh)
+            ctx.ops.lstm_backward(gates, c, tanh_c, c0, w_hh, grad_cn, dh, dc, da, reverse)
         da = da.view(steps, batch, 4 * width)
         grad_x = _project(da, w_ih.t(), None)
         ctx.sink.on_kernel_grads(grad_x, dh, dc)
@@ -408,11 +383,91 @@ class LSTMSequence(torch.autograd.Function):
         back = GATE_ORDER["lstm"]
         return (
             grad_x if needs[0] else None,
-            rows[first].mm(w_hh) if needs[1] else None,
-            dcs[first] * forgets[first] if needs[2] else None,
+            da[first].mm(w_hh) if needs[1] else None,
+            dc[first] * gates[first, :, 2] if needs[2] else None,
             _rows(_input_weight_grad(x, da), back) if needs[3] else None,
             _rows(_recurrent_weight_grad(h0, h, da, reverse), back) if needs[4] else None,
             *_both_biases(_rows(da.sum((0, 1)), back) if ctx.bias else None, needs[5:7]),
             None,
             None,
         )
+
+
+def _lstm_forward_loop(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    bias: Tensor | None,
+    h: Tensor,
+    c: Tensor,
+    tanh_c: Tensor,
+    reverse: bool,
+) -> Tensor:
+    """The LSTM's forward in torch's operations (rows o, i, f, g): writes ``h``, ``c``, ``tanh_c``; the gates."""
+    steps, batch, _ = x.shape
+    width = w_hh.shape[1]
+    # on the cell gate's rows doubled: tanh a = 2 sigmoid(2a) - 1
+    double = x.new_ones(4 * width, 1)
+    double[3 * width :] = 2
+    gates = _project(x, w_ih * double, None if bias is None else bias * double[:, 0]).view(steps, batch, 4, width)
+    rows = gates.view(steps, batch, 4 * width).unbind(0)
+    out_gate, in_gate, forget, cell = (gates[:, :, k].unbind(0) for k in range(4))
+    hs, cs, tanh_cs = h.unbind(0), c.unbind(0), tanh_c.unbind(0)
+    w_t = (w_hh * double).t()
+    low, high = x.new_full((batch, width), -1.0), x.new_ones(batch, width)  # 0-dim ends: slower lerp
+    h_prev, c_prev = h0, c0
+    for t in _run_order(steps, reverse):
+        rows[t].addmm_(h_prev, w_t).sigmoid_()
+        torch.lerp(low, high, cell[t], out=cell[t])
+        c_prev = torch.mul(in_gate[t], cell[t], out=cs[t]).addcmul_(forget[t], c_prev)
+        h_prev = torch.mul(out_gate[t], torch.tanh(c_prev, out=tanh_cs[t]), out=hs[t])
+    return gates
+
+
+def _lstm_backward_loop(
+    c0: Tensor,
+    w_hh: Tensor,
+    gates: Tensor,
+    c: Tensor,
+    tanh_c: Tensor,
+    dh: Tensor,
+    grad_cn: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor]:
+    """The LSTM's backward in torch's operations: ``dh`` (in place) the total gradients; ``(da, dc)``, ``da`` shaped
+    as ``gates`` ``[T, B, 4, M]``."""
+    steps, batch, width = dh.shape
+    first = steps - 1 if reverse else 0
+    # da: the pre-activations' gradient per unit of dh (output gate) or dc (the others) ...
+    one = dh.new_ones(())
+    out_gate, in_gate, forget, cell = gates.unbind(2)
+    da = torch.empty_like(gates)
+    sigmoids = gates[:, :, :3]
+    torch.addcmul(sigmoids, sigmoids, sigmoids, value=-1, out=da[:, :, :3])
+    da[:, :, 0].mul_(tanh_c)
+    da[:, :, 1].mul_(cell)
+    (da[:-1, :, 2] if reverse else da[1:, :, 2]).mul_(c[1:] if reverse else c[:-1])  # c_{t-1} after the first
+    da[first, :, 2].mul_(c0)
+    torch.addcmul(one, cell, cell, value=-1, out=da[:, :, 3]).mul_(in_gate)
+    dh_dc = torch.addcmul(one, tanh_c, tanh_c, value=-1).mul_(out_gate)  # o (1 - tanh^2 c)
+    # ... and in place, step by step from the last run, da itself
+    dc = torch.empty_like(dh)
+    rows = da.view(steps, batch, 4 * width).unbind(0)
+    da_out, da_rest = da[:, :, 0].unbind(0), da[:, :, 1:].unbind(0)
+    dhs, dcs, dc_columns = dh.unbind(0), dc.unbind(0), dc[:, :, None].unbind(0)
+    dh_dcs, forgets = dh_dc.unbind(0), forget.unbind(0)
+    after = None
+    for t in reversed(_run_order(steps, reverse)):
+        if after is None:
+            torch.mul(dhs[t], dh_dcs[t], out=dcs[t])
+            if grad_cn is not None:
+                dcs[t].add_(grad_cn)
+        else:
+            dhs[t].addmm_(rows[after], w_hh)
+            torch.mul(dhs[t], dh_dcs[t], out=dcs[t]).addcmul_(forgets[after], dcs[after])
+        da_rest[t].mul_(dc_columns[t])
+        da_out[t].mul_(dhs[t])
+        after = t
+    return da, dc

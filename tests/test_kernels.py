@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import pytest
 import torch
 from conftest import TOL
 from reference import unrolled
+from torch.utils import cpp_extension
 
-from gradscope import kernels
+from gradscope import kernels, native
 from gradscope.cells import GATE_NAMES
 from gradscope.kernels import GATE_ORDER, run_sequence
 
-# (cell, torch.nn options)
-CASES = [("rnn", {}), ("rnn", {"nonlinearity": "relu"}), ("gru", {}), ("lstm", {})]
+# (cell, torch.nn options[, "torch-ops"]); the LSTM twice: on its compiled loop (where that builds) and, marked
+# "torch-ops", on its loop in torch's operations
+CASES = [
+    ("rnn", {}),
+    ("rnn", {"nonlinearity": "relu"}),
+    ("gru", {}),
+    ("lstm", {}),
+    ("lstm", {}, "torch-ops"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _torch_ops(request, monkeypatch):
+    """A case marked "torch-ops" runs the LSTM's loop in torch's operations, not the compiled kernel."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and "torch-ops" in callspec.params.get("case", ())[2:]:
+        monkeypatch.setattr(kernels, "lstm_ops", lambda x: None)
 
 
 def _id(case):
-    return case[0] + "".join(f"-{v}" for v in case[1].values())
+    return case[0] + "".join(f"-{v}" for v in (*case[1].values(), *case[2:]))
 
 
 class _Sink:
@@ -35,7 +54,7 @@ class _Sink:
 
 
 def _module(case, dtype=torch.float64, **options):
-    kind, extra = case
+    kind, extra = case[:2]
     torch.manual_seed(0)
     return {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind](
         3, 5, dtype=dtype, **extra, **options
@@ -88,7 +107,7 @@ def test_outputs_and_every_gradient_are_torch_s(case, dtype, bias, reverse, x_gr
 def test_the_sink_gets_each_step_s_gates_and_total_gradients(case, reverse):
     """Against the plain unrolled loop with retain_grad on every state: gates (and c), and the total
     ∂L/∂h_t (∂L/∂c_t) and ∂L/∂x_t, in time order."""
-    kind, options = case
+    kind, options = case[:2]
     module = _module(case, bidirectional=reverse)
     x = torch.randn(6, 2, 3, dtype=torch.float64)
     h0, c0 = torch.randn(2, 2, 5, dtype=torch.float64), torch.randn(2, 2, 5, dtype=torch.float64)
@@ -229,3 +248,64 @@ def test_the_rnn_backward_in_blocks_of_steps_is_the_whole_sequence_s(
         torch.testing.assert_close(a, c, **TOL[torch.float64])
     for a, b in zip(blocks[:2], whole[:2], strict=True):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.fixture
+def fresh_build(monkeypatch):
+    """``native``'s build looked up anew, and forgotten afterwards (the next lookup finds the cached build)."""
+    native._build.cache_clear()
+    yield
+    native._build.cache_clear()
+
+
+def test_the_compiled_lstm_kernel_builds_and_applies_to_float32_and_float64_on_the_cpu():
+    """In CI it must build (a compiler and ninja are installed there); elsewhere a machine may lack them."""
+    ops = native.lstm_ops(torch.zeros(1))
+    if ops is None:
+        assert os.environ.get("CI") != "true", "the compiled LSTM kernel did not build in CI"
+        pytest.skip("the compiled LSTM kernel does not build on this machine")
+    assert native.lstm_ops(torch.zeros(1, dtype=torch.float64)) is ops
+    assert native.lstm_ops(torch.zeros(1, dtype=torch.bfloat16)) is None
+    assert native.lstm_ops(torch.zeros(1, device="meta")) is None
+
+
+def test_gradscope_native_0_skips_the_build(fresh_build, monkeypatch, recwarn):
+    monkeypatch.setenv("GRADSCOPE_NATIVE", "0")
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("built although GRADSCOPE_NATIVE=0"))
+    assert native.lstm_ops(torch.zeros(1)) is None
+    assert not recwarn.list
+
+
+def test_a_failed_build_warns_once_and_the_lstm_runs_on_torch_s_operations(fresh_build, monkeypatch):
+    def fail(**kw):
+        raise RuntimeError("Ninja is required to load C++ extensions\nmore detail")
+
+    monkeypatch.setattr(cpp_extension, "load", fail)
+    case = ("lstm", {})
+    with pytest.warns(RuntimeWarning, match=r"could not be built \(RuntimeError: Ninja is required .*\); LSTMs"):
+        _compare(case, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _compare(case, True)  # looked up once: no second warning
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_the_compiled_lstm_saturates_and_propagates_nan_as_torch_s(dtype, monkeypatch):
+    """Pre-activations of ±1e4 (gates at 0 and 1, tanh at ±1) and a NaN in one sequence: the same outputs and
+    gradients as torch.nn, NaN where torch.nn has NaN (float32's sigmoid and tanh are the kernel's own)."""
+    if native.lstm_ops(torch.zeros(1)) is None:
+        pytest.skip("the compiled LSTM kernel does not build on this machine")
+    module = _module(("lstm", {}), dtype=dtype)
+    x = torch.randn(6, 3, 3, dtype=dtype) * torch.tensor([1.0, 1e4, 1.0], dtype=dtype)[:, None]
+    x[2, 2, 1] = float("nan")
+    h0, c0 = torch.zeros(3, 5, dtype=dtype), torch.zeros(3, 5, dtype=dtype)
+    for leaf in (x, h0, c0):
+        leaf.requires_grad_()
+    leaves = [x, h0, c0, *module.parameters()]
+    out, (h_n, c_n) = module(x, (h0[None], c0[None]))
+    expected = [out, h_n[0], c_n[0], *torch.autograd.grad(out[:, :2].sum() + h_n[0, :2].sum(), leaves)]
+    got = list(_run(module, x, h0, c0))
+    got += torch.autograd.grad(got[0][:, :2].sum() + got[1][:2].sum(), leaves)
+    assert torch.isnan(got[0][2:, 2]).all() and not torch.isnan(got[0][:, :2]).any()
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype], equal_nan=True)

@@ -1,4 +1,5 @@
-"""A wheel installed into a fresh venv (not the checkout) serves the dashboard with its CSS and images."""
+"""A wheel installed into a fresh venv (not the checkout) serves the dashboard with its CSS and images, and holds
+the LSTM kernel's source."""
 
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ def test_wheel_serves_the_dashboard_assets(tmp_path, runs_root):
                    check=True, capture_output=True)  # fmt: skip
     subprocess.run([python, "-m", "pip", "install", "-q", str(wheels[0])], check=True, capture_output=True)
     site = subprocess.run(
-        [python, "-c", "import gradscope, gradscope_dashboard; print(gradscope.__file__, gradscope_dashboard.__file__)"],
+        [python, "-c", "import gradscope, gradscope_dashboard, gradscope.native as n; "
+         "print(gradscope.__file__, gradscope_dashboard.__file__, n._SOURCE if n._SOURCE.is_file() else '')"],
         cwd=tmp_path, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert all(path.startswith(str(venv)) for path in site.stdout.split()), site.stdout
+    paths = site.stdout.split()
+    assert len(paths) == 3 and all(path.startswith(str(venv)) for path in paths), site.stdout  # the LSTM kernel too
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     port = _free_port()
     server = subprocess.Popen(
