@@ -4,6 +4,7 @@ same trace."""
 from __future__ import annotations
 
 import gc
+import os
 
 import pandas as pd
 import pytest
@@ -29,6 +30,11 @@ SHAPES = [
     {"num_layers": 2, "bidirectional": True, "bias": False},
 ]
 QUANTITIES = ("x", "h", "c", "grad_x", "grad_h", "grad_c")
+# where the paths' parity tests run: the CPU in CI; GRADSCOPE_TEST_DEVICE=cuda on a GPU machine (torch's cuDNN
+# kernels against the unrolled loop there, with TF32 off: tolerances are float32's)
+DEVICE = torch.device(os.environ.get("GRADSCOPE_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda":
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
 # besides the unrolled loop: torch's op ("fused") and, recorded on the CPU, gradscope's own ops ("auto")
 _FAST_PATHS = ("fused", "auto")
 
@@ -61,11 +67,12 @@ def _assert_same_traces(a, b, tol):
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "given_state"])
 def test_fused_and_unrolled_paths_record_the_same_trace(case, shape, dtype, with_state):
     kind, options = case
-    layer = CELLS[kind][0](3, 5, dtype=dtype, **options, **shape)
+    layer = CELLS[kind][0](3, 5, dtype=dtype, **options, **shape).to(DEVICE)
     x = torch.randn(4, 9, 3, dtype=dtype)
     hx = initial_state(layer, 4, dtype) if with_state else None
     if not layer.batch_first:
         x = x.transpose(0, 1).contiguous()
+    x, hx = x.to(DEVICE), None if hx is None else tuple(v.to(DEVICE) for v in hx) if kind == "lstm" else hx.to(DEVICE)
     unrolled = _record(layer, x, hx, "unrolled")
     for path in _FAST_PATHS:
         fast = _record(layer, x, hx, path)
@@ -88,8 +95,8 @@ def test_paths_agree_whichever_outputs_the_loss_reaches(kind, reaches):
             return sum(f.pow(2).sum() for f in finals)
         return out[-1].sum()
 
-    layer = CELLS[kind][0](2, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
-    x = torch.randn(7, 3, 2, dtype=torch.float64)
+    layer = CELLS[kind][0](2, 4, num_layers=2, bidirectional=True, dtype=torch.float64).to(DEVICE)
+    x = torch.randn(7, 3, 2, dtype=torch.float64, device=DEVICE)
     unrolled = _record(layer, x, None, "unrolled", loss=loss)
     for path in _FAST_PATHS:
         fast = _record(layer, x, None, path, loss=loss)
@@ -101,8 +108,8 @@ def test_paths_agree_whichever_outputs_the_loss_reaches(kind, reaches):
 @pytest.mark.parametrize("block_steps", [None, 1, 3], ids=["one-block", "1-step-blocks", "3-step-blocks"])
 def test_paths_agree_in_summary_detail_and_with_the_full_trace(monkeypatch, kind, block_steps):
     """Summary detail recomputes gates in blocks of steps (the scans carry across blocks) and reduces them."""
-    layer = CELLS[kind][0](3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
-    x = torch.randn(11, 5, 3, dtype=torch.float64)
+    layer = CELLS[kind][0](3, 4, num_layers=2, bidirectional=True, dtype=torch.float64).to(DEVICE)
+    x = torch.randn(11, 5, 3, dtype=torch.float64, device=DEVICE)
     full = _record(layer, x, None, "unrolled")[0].to_frame()
     if block_steps is not None:
         values = block_steps * 5 * 4 * max(1, len(GATE_NAMES[kind]))  # B * M * gates per step
