@@ -112,9 +112,11 @@ class _FusedGradients:
         self.arriving: dict[str, Tensor] = {}
         self.coefficients: tuple[Tensor, Tensor] | None = None  # time order; None: from the full trace
 
-    def arrive(self, name: str, grad: Tensor) -> None:
-        """Hook on the op's output, ``h_n`` and ``c_n``: the gradient arriving there from the rest of the model."""
-        self.arriving[name] = grad.detach()
+    def arrive(self, name: str, grad: Tensor | None) -> None:
+        """Hook on the op's output, ``h_n`` and ``c_n``: the gradient arriving there from the rest of the model
+        (None, from cuDNN's node, where the loss does not reach that output: then nothing arrives)."""
+        if grad is not None:
+            self.arriving[name] = grad.detach()
 
     def on_input_grad(self, grad: Tensor) -> None:
         """Hook on the probed input ``[x_t, p_t]``, which fires after the op's backward: all is known now."""

@@ -40,9 +40,13 @@ def weighted_loss(output, final, seed: int = 2):
     """A loss that reaches every output step and every final state with its own random weight."""
     g = torch.Generator().manual_seed(seed)
     finals = final if isinstance(final, tuple) else (final,)
-    loss = (output * torch.randn(output.shape, generator=g, dtype=output.dtype)).sum()
+
+    def weights(like):  # drawn on the CPU: the same weights on every device
+        return torch.randn(like.shape, generator=g, dtype=like.dtype).to(like.device)
+
+    loss = (output * weights(output)).sum()
     for state in finals:
-        loss = loss + (state * torch.randn(state.shape, generator=g, dtype=state.dtype)).sum()
+        loss = loss + (state * weights(state)).sum()
     return loss
 
 
