@@ -88,6 +88,33 @@ _PRODUCT_BLOCK_VALUES = 1 << 16
 _PRODUCTS_PER_STEP = 1 << 20
 
 
+def _linear_scan(b: Tensor, a: Tensor, reverse: bool, doubling: bool | None = None) -> Tensor:
+    """Solve :math:`x_t = b_t + a_t \\odot x_{t-1}` along dim 0 (with ``reverse``, :math:`x_{t+1}`) from
+    :math:`x = b` at the step run first; ``a`` ``[T - 1, ...]`` holds the other steps' coefficients (rows 1 ..
+    T - 1, with ``reverse`` 0 .. T - 2). On the CPU a step at a time, in place in ``b``; elsewhere (a GPU), or
+    with ``doubling``, by recursive doubling: ⌈log₂ T⌉ rounds of whole-sequence operations instead of T kernel
+    launches (its partial products associate differently: the same sums to rounding). Returns x.
+    """
+    steps = b.shape[0]
+    if not (b.device.type != "cpu" if doubling is None else doubling):
+        for t in range(steps - 2, -1, -1) if reverse else range(1, steps):
+            b[t].addcmul_(a[t if reverse else t - 1], b[t + 1 if reverse else t - 1])
+        return b
+    # after the round of span k, x_t sums the terms of k steps and c_t multiplies the k coefficients
+    # that reach the step k further on (rows 0 .. T-1-k; forward: rows k .. T-1)
+    x, c, k = b, a, 1
+    while k < steps:
+        n = steps - k
+        if reverse:
+            x = torch.cat([torch.addcmul(x[:n], c, x[k:]), x[n:]])
+        else:
+            x = torch.cat([x[:k], torch.addcmul(x[k:], c, x[:n])])
+        if 2 * k < steps:
+            c = c[: n - k] * c[k:] if reverse else c[k:] * c[: n - k]
+        k *= 2
+    return x
+
+
 def _scan_coefficients(cell: str, gates: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """What the fused path's reverse scans need from the gates (and the LSTM's ``c``), time order.
 
@@ -147,8 +174,7 @@ class _FusedGradients:
                 dc = dh * scale
                 if "c_n" in arriving:
                     dc[-1] += arriving["c_n"][0]
-                for t in range(dc.shape[0] - 2, -1, -1):
-                    dc[t].addcmul_(keep[t + 1], dc[t + 1])
+                dc = _linear_scan(dc, keep[1:], reverse=True)
             else:
                 w_hn = w_hh[2 * width :]
                 for t in range(dh.shape[0] - 2, -1, -1):
@@ -504,15 +530,17 @@ class _LayerRecord:
         as one block). Otherwise they are recomputed from the recorded x and h: each block is one batched
         cell call over as many steps as hold about ``_BLOCK_VALUES`` gate values for the detail, which keeps
         temporaries small (and large fresh allocations are slow). For the LSTM, :math:`c_t = f_t \\odot
-        c_{t-1} + i_t \\odot g_t` is then scanned step by step. (Where a :mod:`gradscope.kernels` op ran,
-        :meth:`_from_kernel` takes its values instead.)
+        c_{t-1} + i_t \\odot g_t` is then scanned (:func:`_linear_scan`). (Where a :mod:`gradscope.kernels` op
+        ran, :meth:`_from_kernel` takes its values instead.)
         """
         h0, c0, (w_ih, w_hh, b_ih, b_hh), step, direction = self._inputs
         x, h = self.values["x"], self.values["h"]
         steps, batch, width = h.shape
         names = GATE_NAMES[self.cell]
         saved = self._saved_gates
-        size = max(1, _BLOCK_VALUES[self.detail] // (batch * width * max(1, len(names))))
+        # on a GPU summary detail too takes full detail's blocks: each block costs launches, memory is not short
+        values = _BLOCK_VALUES["full" if h.device.type != "cpu" else self.detail]
+        size = max(1, values // (batch * width * max(1, len(names))))
         size = steps if saved is not None and self.detail == "full" else size
         starts = range(0, steps, size)
         c_prev = c0
@@ -534,10 +562,14 @@ class _LayerRecord:
                 block = {name: g.reshape(n, batch, width) for name, g in zip(names, gates, strict=True)}
                 c = None
                 if c0 is not None:
-                    c = torch.empty_like(block["forget"])
+                    forget, first = block["forget"], 0 if direction == "forward" else n - 1
                     update = block["input"] * block["cell"]
-                    for t in range(n) if direction == "forward" else range(n - 1, -1, -1):
-                        c_prev = torch.addcmul(update[t], block["forget"][t], c_prev, out=c[t])
+                    update[first].addcmul_(forget[first], c_prev)
+                    if direction == "forward":
+                        c = _linear_scan(update, forget[1:], reverse=False)
+                    else:
+                        c = _linear_scan(update, forget[:-1], reverse=True)
+                    c_prev = c[n - 1 - first]
                 yield tuple(block.values()), c
 
     def _derive(self, reduce: bool, scan_coefficients: bool = False) -> tuple[Tensor, Tensor] | None:

@@ -401,3 +401,34 @@ def test_torch_s_cpu_gru_gates_are_read_from_its_graph_and_else_recomputed(monke
         else:
             pd.testing.assert_frame_equal(frame(rec.trace), expected, **TOL[torch.float64], check_exact=False)
         assert bool(projections) == recomputes
+
+
+@pytest.mark.parametrize("doubling", [False, True], ids=["step_by_step", "doubling"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_the_linear_scan_solves_its_recurrence(reverse, doubling):
+    """x_t = b_t + a_t x_{t-1} (reverse: x_{t+1}) against a plain loop, for lengths around powers of two."""
+    for steps in (1, 2, 3, 4, 5, 7, 8, 9, 16, 33):
+        b, a = torch.randn(steps, 2, 3, dtype=torch.float64), torch.rand(steps - 1, 2, 3, dtype=torch.float64)
+        expected = b.clone()
+        order = range(steps - 2, -1, -1) if reverse else range(1, steps)
+        for t in order:
+            expected[t] = b[t] + a[t if reverse else t - 1] * expected[t + 1 if reverse else t - 1]
+        got = recording._linear_scan(b.clone(), a, reverse, doubling)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("detail", ["full", "summary"])
+def test_the_lstm_s_scans_by_doubling_as_on_a_gpu_give_the_same_trace(monkeypatch, detail):
+    """On a GPU the fused path's ∂L/∂c_t and the recomputed c_t are scanned by recursive doubling: forced here on
+    the CPU, the trace is the unrolled path's (both directions, two layers, summary blocks of 3 steps)."""
+    scan = recording._linear_scan
+    monkeypatch.setattr(recording, "_linear_scan", lambda b, a, reverse: scan(b, a, reverse, doubling=True))
+    monkeypatch.setitem(recording._BLOCK_VALUES, "summary", 3 * 5 * 4 * 4)
+    layer = CELLS["lstm"][0](3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(11, 5, 3, dtype=torch.float64)
+    unrolled = _record(layer, x, None, "unrolled", detail=detail)[0]
+    fused = _record(layer, x, None, "fused", detail=detail)[0]
+    if detail == "full":
+        _assert_same_traces(fused, unrolled, TOL[torch.float64])
+    else:
+        pd.testing.assert_frame_equal(fused.to_frame(), unrolled.to_frame(), rtol=1e-10)
