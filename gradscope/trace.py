@@ -26,6 +26,7 @@ tensor, ``detail="full"``) or a :class:`LayerSummary` (per-step reductions over 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,23 +59,27 @@ ACTIVATION_RANGES: dict[str, tuple[float, float] | None] = {
 }
 
 
+@functools.cache
+def _positions(count: int) -> tuple[list[int], list[int], list[float]]:
+    """Where the quantiles :data:`_QUANTILES` of ``count`` sorted values lie: rows below, above, and weights."""
+    positions = [q * (count - 1) for q in _QUANTILES]
+    below, above = [math.floor(p) for p in positions], [math.ceil(p) for p in positions]
+    return below, above, [p - b for p, b in zip(positions, below, strict=True)]
+
+
 def _quantiles(values: Tensor) -> Tensor:
     """Quantiles :data:`_QUANTILES` along the last dim of ``[..., K]``, as torch.quantile's "linear" method.
 
-    The positions are computed in Python: a few tensor operations on small blocks of steps cost more in
-    dispatch than in arithmetic.
+    On the CPU in float32 and float64 all in numpy: its sort is about 15 times faster than torch's on rows
+    of tens of values, and on such small arrays its few operations cost less than torch's dispatch.
     """
+    below, above, weights = _positions(values.shape[-1])
     if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
-        # numpy's sort: on rows of tens of values, about 15 times faster than torch's on the CPU
-        ordered = torch.from_numpy(np.sort(values.detach().numpy(), axis=-1))
-    else:
-        ordered = values.sort(dim=-1).values
-    positions = [q * (values.shape[-1] - 1) for q in _QUANTILES]
-    below, above = [math.floor(p) for p in positions], [math.ceil(p) for p in positions]
-    weights = torch.tensor(
-        [p - b for p, b in zip(positions, below, strict=True)], dtype=values.dtype, device=values.device
-    )
-    return ordered[..., below].lerp_(ordered[..., above], weights)
+        ordered = np.sort(values.detach().numpy(), axis=-1)
+        low, high = ordered[..., below], ordered[..., above]
+        return torch.from_numpy(low + (high - low) * np.asarray(weights, dtype=ordered.dtype))
+    ordered = values.sort(dim=-1).values
+    return ordered[..., below].lerp_(ordered[..., above], values.new_tensor(weights))
 
 
 def norm_stats(values: Tensor) -> Tensor:
