@@ -289,7 +289,7 @@ class GRUSequence(torch.autograd.Function):
         reverse = ctx.reverse
         first = steps - 1 if reverse else 0
         dh = _start(grad_out, grad_hn, h, reverse)
-        one = dh.new_ones(())
+        one = h.new_ones(())
         r, z, n = gates.unbind(2)
         # d: per unit of dh, the gradients of a_r, a_z and W_hn h + b_hn (then, in place, the gradients) ...
         d = torch.empty_like(gates)

@@ -131,8 +131,9 @@ void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
               "kernel takes contiguous CPU tensors of one dtype; ", name, " is not");
 }
 
-// gates [T, B, 4M] (or [T, B, 4, M]): W_ih x_t + b on entry, the gates on return; w_hh [4M, M]; h0, c0 [B, M]; h, c, tanh_c
-// [T, B, M] are written. Steps run from the last to the first where reverse; every tensor is in time order.
+// gates [T, B, 4M] (or [T, B, 4, M]): W_ih x_t + b on entry, the gates on return; w_hh [4M, M]; h0, c0 [B, M];
+// h, c, tanh_c [T, B, M] are written. Steps run from the last to the first where reverse; every tensor is in time
+// order.
 void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
                   at::Tensor h, at::Tensor c, at::Tensor tanh_c, bool reverse) {
   const int64_t steps = gates.size(0), batch = gates.size(1), m = h.size(2);

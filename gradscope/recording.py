@@ -96,7 +96,9 @@ def _linear_scan(b: Tensor, a: Tensor, reverse: bool, doubling: bool | None = No
     launches (its partial products associate differently: the same sums to rounding). Returns x.
     """
     steps = b.shape[0]
-    if not (b.device.type != "cpu" if doubling is None else doubling):
+    if doubling is None:
+        doubling = b.device.type != "cpu"
+    if not doubling:
         for t in range(steps - 2, -1, -1) if reverse else range(1, steps):
             b[t].addcmul_(a[t if reverse else t - 1], b[t + 1 if reverse else t - 1])
         return b

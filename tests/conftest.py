@@ -25,14 +25,15 @@ def make_pair(kind: str, input_size: int = 3, hidden_size: int = 5, dtype=torch.
     return a, b
 
 
-def initial_state(module, batch: int | None, dtype, seed: int = 1):
-    """Random initial state(s) shaped for ``module`` ([L*K, B, M], or [L*K, M] when batch is None)."""
+def initial_state(module, batch: int | None, dtype, seed: int = 1, device="cpu"):
+    """Random initial state(s) shaped for ``module`` ([L*K, B, M], or [L*K, M] when batch is None), on ``device``
+    (drawn on the CPU: the same states on every device)."""
     g = torch.Generator().manual_seed(seed)
     count = module.num_layers * (2 if module.bidirectional else 1)
     shape = (count, module.hidden_size) if batch is None else (count, batch, module.hidden_size)
-    h0 = torch.randn(shape, generator=g, dtype=dtype)
+    h0 = torch.randn(shape, generator=g, dtype=dtype).to(device)
     if isinstance(module, nn.LSTM):
-        return (h0, torch.randn(shape, generator=g, dtype=dtype))
+        return (h0, torch.randn(shape, generator=g, dtype=dtype).to(device))
     return h0
 
 

@@ -69,10 +69,10 @@ def test_fused_and_unrolled_paths_record_the_same_trace(case, shape, dtype, with
     kind, options = case
     layer = CELLS[kind][0](3, 5, dtype=dtype, **options, **shape).to(DEVICE)
     x = torch.randn(4, 9, 3, dtype=dtype)
-    hx = initial_state(layer, 4, dtype) if with_state else None
+    hx = initial_state(layer, 4, dtype, device=DEVICE) if with_state else None
     if not layer.batch_first:
         x = x.transpose(0, 1).contiguous()
-    x, hx = x.to(DEVICE), None if hx is None else tuple(v.to(DEVICE) for v in hx) if kind == "lstm" else hx.to(DEVICE)
+    x = x.to(DEVICE)
     unrolled = _record(layer, x, hx, "unrolled")
     for path in _FAST_PATHS:
         fast = _record(layer, x, hx, path)
