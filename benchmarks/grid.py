@@ -15,10 +15,10 @@ T 100, 256 and 1000, D 1 and 8, M 64, 128 and 512 (216 points: restrict the axes
 
 ``--paths auto fused unrolled`` adds (b) and (c) with the path forced (``b_fused``, ``c_unrolled``, ...; unrolled
 is slow).
-The variants run in interleaved rounds (a, b, c, ..., d0, d1, a, b, ...); a ratio is the median over the
-rounds of the ratio within a round. A separate pass then measures the peak memory of one call of each
-variant (torch.profiler's allocation events on CPU, ``max_memory_allocated`` on CUDA) and the memory full
-recording keeps while its Recorder lives, compared with the tensors its trace holds.
+The variants run in interleaved rounds, every other one in reverse (a, b, c, ..., d0, d1, then d1, d0, ..., a);
+a ratio is the median over the rounds of the ratio within a round. A separate pass then measures the peak
+memory of one call of each variant (torch.profiler's allocation events on CPU, ``max_memory_allocated`` on
+CUDA) and the memory full recording keeps while its Recorder lives, compared with the tensors its trace holds.
 
 Results go to a Markdown file (``--out``, default ``benchmarks/RESULTS.md``; ``-`` prints it instead),
 rewritten after every point, so an interrupted run keeps what it measured. The file has one section per
@@ -78,8 +78,8 @@ DEFINITIONS = """\
 - **retained MB**: memory that (b) leaves allocated while its Recorder lives, less what (a) leaves;
   **trace MB**: the distinct storages of the trace's tensors (x, h, c, grad_x, grad_h, grad_c, gates, h0, c0,
   weights), less the benchmark's own input; **retained/trace** ≈ 1: no hidden copies kept alive.
-- Time ratios are medians over interleaved rounds (a, b, c, …, d0, d1 in turn, one process) of the ratio
-  within a round; **rounds** is their number. – : not measured."""
+- Time ratios are medians over interleaved rounds (a, b, c, …, d0, d1 in turn, every other round in reverse, one
+  process) of the ratio within a round; **rounds** is their number. – : not measured."""
 
 
 @dataclass(frozen=True)
@@ -195,9 +195,12 @@ def _time(bench: Bench, max_rounds: int, device: torch.device) -> dict[str, list
         _seconds(variant, device)
     rounds = min(max_rounds, math.ceil(MIN_SECONDS / _seconds(bench.variants["a"], device)))
     seconds: dict[str, list[float]] = {name: [] for name in bench.variants}
-    for _ in range(rounds):
-        for name, variant in bench.variants.items():
-            seconds[name].append(_seconds(variant, device))
+    names = list(bench.variants)
+    for index in range(rounds):
+        # every other round in reverse: the call after one that freed much memory pays for faulting it back in,
+        # and it should not always be the same variant
+        for name in names if index % 2 == 0 else names[::-1]:
+            seconds[name].append(_seconds(bench.variants[name], device))
     return seconds
 
 

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from gradscope.native import lstm_ops
+from gradscope.native import ops as native_ops
 
 __all__ = ["GATE_ORDER", "Sink", "run_sequence"]
 
@@ -347,7 +347,7 @@ class LSTMSequence(torch.autograd.Function):
         w_ih, w_hh = _rows(w_ih, _LSTM_ROWS), _rows(w_hh, _LSTM_ROWS)
         bias = None if b_ih is None or b_hh is None else _rows(b_ih + b_hh, _LSTM_ROWS)
         h, c, tanh_c = (x.new_empty(steps, batch, width) for _ in range(3))
-        ops = lstm_ops(x)
+        ops = native_ops(x)
         if ops is None:
             gates = _lstm_forward_loop(x, h0, c0, w_ih, w_hh, bias, h, c, tanh_c, reverse)
         else:

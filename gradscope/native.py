@@ -1,11 +1,15 @@
-"""gradscope's compiled LSTM step loops (``lstm_kernel.cpp``), built with torch's C++ extension tools on first use.
+"""gradscope's compiled loops (``native.cpp``), built with torch's C++ extension tools on first use.
 
-On the CPU, torch's operations cost more per call than a small LSTM step's arithmetic: the loop of
-:class:`~gradscope.kernels.LSTMSequence`, seven calls a step forward and five backward, took 1.3-2x torch.nn's
-fused LSTM. The compiled loop takes one matrix product and one pass over the step's elements. It is built once
-per machine into torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``),
-about 20 s with a C++ compiler and ninja; where it cannot be built, a warning says why and the LSTM runs on
-torch's operations, with the same results. ``GRADSCOPE_NATIVE=0`` skips the build.
+On the CPU, torch's operations cost more per call than the arithmetic of a small LSTM step or of one step's
+summary statistics. The loop of :class:`~gradscope.kernels.LSTMSequence`, seven calls a step forward and five
+backward, took 1.3-2x torch.nn's fused LSTM; compiled, a step is one matrix product and one pass over its
+elements. Summary recording's statistics (:func:`~gradscope.trace.norm_stats`,
+:func:`~gradscope.trace.gates_stats`), five or more calls and passes over the values, become one pass.
+
+The ops are built once per machine into torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``), about 20 s with a C++ compiler and ninja; where they cannot be built, a warning says
+why and the same computations run on torch's operations, with the same results. ``GRADSCOPE_NATIVE=0`` skips the
+build.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["lstm_ops"]
+__all__ = ["ops"]
 
-_SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
+_SOURCE = Path(__file__).with_name("native.cpp")
 # no floating-point traps or errno: lets the compiler vectorise the branch-free sigmoid and tanh
 _FLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
 
 
-def lstm_ops(x: torch.Tensor) -> Any | None:
+def ops(x: torch.Tensor) -> Any | None:
     """The compiled ops (``torch.ops.gradscope``) for ``x`` in float32 or float64 on the CPU; else None."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return None
@@ -42,14 +46,14 @@ def _build() -> Any | None:
     try:
         from torch.utils import cpp_extension
 
-        cpp_extension.load(name="gradscope_lstm", sources=[str(_SOURCE)], extra_cflags=flags, is_python_module=False)
-    except Exception as error:  # a missing compiler, ninja or header: whatever fails, the LSTM falls back
+        cpp_extension.load(name="gradscope_native", sources=[str(_SOURCE)], extra_cflags=flags, is_python_module=False)
+    except Exception as error:  # a missing compiler, ninja or header: whatever fails, torch's operations stand in
         reason = str(error).strip().splitlines()
         warnings.warn(
-            "gradscope: the compiled LSTM kernel could not be built "
+            "gradscope: the compiled loops could not be built "
             f"({type(error).__name__}: {reason[0] if reason else 'no message'}); LSTMs are recorded on the CPU "
-            "through torch's operations instead, with the same results at 1.3-2x the time "
-            "(GRADSCOPE_NATIVE=0 skips the build)",
+            "through torch's operations instead, with the same results at 1.3-2x the time, and so are summary "
+            "statistics (GRADSCOPE_NATIVE=0 skips the build)",
             RuntimeWarning,
             stacklevel=2,
         )

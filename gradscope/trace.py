@@ -36,6 +36,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from gradscope.native import ops as native_ops
+
 __all__ = ["FRAME_COLUMNS", "LayerSummary", "LayerTrace", "Trace"]
 
 FRAME_COLUMNS = (
@@ -85,15 +87,22 @@ def _quantiles(values: Tensor) -> Tensor:
 def norm_stats(values: Tensor) -> Tensor:
     """Per-step statistics of the L2 norm over features: ``[T, B, F]`` → ``[T, 5]``.
 
-    Columns: mean, q10, q50, q90 over the batch, and NaN (saturation is not defined for norms).
+    Columns: mean, q10, q50, q90 over the batch, and NaN (saturation is not defined for norms). On the CPU in
+    float32 and float64 compiled (:mod:`gradscope.native`), with the same results.
     """
     with torch.no_grad():
+        ops = native_ops(values)
+        if ops is not None:
+            return ops.norm_stats(values.detach())
         return stats_of_norms(torch.linalg.vector_norm(values, dim=-1))
 
 
 def stats_of_norms(norms: Tensor) -> Tensor:
     """:func:`norm_stats` from the norms themselves, ``[T, B]`` → ``[T, 5]``."""
     with torch.no_grad():
+        ops = native_ops(norms)
+        if ops is not None:
+            return ops.norm_stats(norms.detach())
         nan = torch.full_like(norms[:, :1], float("nan"))
         return torch.cat([norms.mean(1, keepdim=True), _quantiles(norms), nan], dim=1)
 
@@ -112,14 +121,17 @@ def gates_stats(values: Tensor, value_ranges: Sequence[tuple[float, float] | Non
     """:func:`gate_stats` of G gates at once, ``[G, T, B, M]`` → ``[G, T, 5]``, gate g in ``value_ranges[g]``.
 
     One set of tensor operations for all gates: on small blocks of steps, dispatch costs more than
-    arithmetic.
+    arithmetic. On the CPU in float32 and float64 compiled (:mod:`gradscope.native`), with the same results.
     """
+    # saturated: farther than reach from the middle of its range (an unbounded gate: never, then NaN)
+    middle = [0.0 if r is None else (r[0] + r[1]) / 2 for r in value_ranges]
+    reach = [math.inf if r is None else (0.5 - _SATURATION_BAND) * (r[1] - r[0]) for r in value_ranges]
     with torch.no_grad():
+        ops = native_ops(values)
+        if ops is not None:
+            return ops.gates_stats(values.detach(), middle, reach)
         unit_means = values.mean(2)
-        # saturated: farther than reach from the middle of its range (an unbounded gate: never, then NaN); as
-        # 0/1 floats, several times cheaper on the CPU than comparisons into bool tensors
-        middle = [0.0 if r is None else (r[0] + r[1]) / 2 for r in value_ranges]
-        reach = [math.inf if r is None else (0.5 - _SATURATION_BAND) * (r[1] - r[0]) for r in value_ranges]
+        # as 0/1 floats, several times cheaper on the CPU than comparisons into bool tensors
         shape = (len(value_ranges), 1, 1, 1)
         outer = values.new_empty(values.shape)  # contiguous, whatever the layout of values: a faster sum
         torch.sub(values, values.new_tensor(middle).view(shape), out=outer).abs_()

@@ -31,7 +31,7 @@ def _torch_ops(request, monkeypatch):
     """A case marked "torch-ops" runs the LSTM's loop in torch's operations, not the compiled kernel."""
     callspec = getattr(request.node, "callspec", None)
     if callspec is not None and "torch-ops" in callspec.params.get("case", ())[2:]:
-        monkeypatch.setattr(kernels, "lstm_ops", lambda x: None)
+        monkeypatch.setattr(kernels, "native_ops", lambda x: None)
 
 
 def _id(case):
@@ -258,21 +258,21 @@ def fresh_build(monkeypatch):
     native._build.cache_clear()
 
 
-def test_the_compiled_lstm_kernel_builds_and_applies_to_float32_and_float64_on_the_cpu():
-    """In CI it must build (a compiler and ninja are installed there); elsewhere a machine may lack them."""
-    ops = native.lstm_ops(torch.zeros(1))
+def test_the_compiled_loops_build_and_apply_to_float32_and_float64_on_the_cpu():
+    """In CI they must build (a compiler and ninja are installed there); elsewhere a machine may lack them."""
+    ops = native.ops(torch.zeros(1))
     if ops is None:
-        assert os.environ.get("CI") != "true", "the compiled LSTM kernel did not build in CI"
-        pytest.skip("the compiled LSTM kernel does not build on this machine")
-    assert native.lstm_ops(torch.zeros(1, dtype=torch.float64)) is ops
-    assert native.lstm_ops(torch.zeros(1, dtype=torch.bfloat16)) is None
-    assert native.lstm_ops(torch.zeros(1, device="meta")) is None
+        assert os.environ.get("CI") != "true", "the compiled loops did not build in CI"
+        pytest.skip("the compiled loops do not build on this machine")
+    assert native.ops(torch.zeros(1, dtype=torch.float64)) is ops
+    assert native.ops(torch.zeros(1, dtype=torch.bfloat16)) is None
+    assert native.ops(torch.zeros(1, device="meta")) is None
 
 
 def test_gradscope_native_0_skips_the_build(fresh_build, monkeypatch, recwarn):
     monkeypatch.setenv("GRADSCOPE_NATIVE", "0")
     monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("built although GRADSCOPE_NATIVE=0"))
-    assert native.lstm_ops(torch.zeros(1)) is None
+    assert native.ops(torch.zeros(1)) is None
     assert not recwarn.list
 
 
@@ -293,8 +293,8 @@ def test_a_failed_build_warns_once_and_the_lstm_runs_on_torch_s_operations(fresh
 def test_the_compiled_lstm_saturates_and_propagates_nan_as_torch_s(dtype, monkeypatch):
     """Pre-activations of ±1e4 (gates at 0 and 1, tanh at ±1) and a NaN in one sequence: the same outputs and
     gradients as torch.nn, NaN where torch.nn has NaN (float32's sigmoid and tanh are the kernel's own)."""
-    if native.lstm_ops(torch.zeros(1)) is None:
-        pytest.skip("the compiled LSTM kernel does not build on this machine")
+    if native.ops(torch.zeros(1)) is None:
+        pytest.skip("the compiled loops do not build on this machine")
     module = _module(("lstm", {}), dtype=dtype)
     x = torch.randn(6, 3, 3, dtype=dtype) * torch.tensor([1.0, 1e4, 1.0], dtype=dtype)[:, None]
     x[2, 2, 1] = float("nan")

@@ -13,6 +13,8 @@ from reference import unrolled
 from torch import nn
 
 import gradscope
+from gradscope import native
+from gradscope import trace as trace_module
 from gradscope.trace import FRAME_COLUMNS, gates_stats
 
 F64 = TOL[torch.float64]
@@ -358,6 +360,52 @@ def test_gates_statistics_equal_torch_quantile_and_a_direct_count(dtype):
     assert stats[0, :, 4] == pytest.approx(beyond.double().mean((1, 2)), rel=fraction)
     assert stats[1, :, 4] == pytest.approx((tanh_like.abs() > threshold(0.8)).double().mean((1, 2)), rel=fraction)
     assert stats[2, :, 4].isnan().all()
+
+
+def _odd_values(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Random values with NaN, ±inf, ties and exact zeros among them."""
+    values = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape)), dtype=torch.float64).to(dtype)
+    flat = values.view(-1)
+    flat[1::7] = flat[::7][: flat[1::7].numel()]  # ties
+    flat[3::11] = 0.0
+    flat[5::13] = float("nan")
+    flat[2::17] = float("inf")
+    flat[4::19] = -float("inf")
+    return values
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("batch", [1, 2, 7, 8, 9, 33])
+def test_compiled_summary_statistics_equal_torch_s(dtype, batch, monkeypatch):
+    """The compiled statistics (:mod:`gradscope.native`) against the same in torch's operations: norms of rows of
+    several widths (contiguous and a transposed view) and given norms, and gates of several unit counts in the
+    kernels' layout; with NaN, ±inf, ties and zeros; over more steps than the compiled sort takes at once."""
+    if native.ops(torch.zeros(1)) is None:
+        pytest.skip("the compiled loops do not build on this machine")
+    tol = TOL[dtype] | {"equal_nan": True}
+
+    def both(function, *args):
+        compiled = function(*args)
+        with monkeypatch.context() as patch:
+            patch.setattr(trace_module, "native_ops", lambda values: None)
+            return compiled, function(*args)
+
+    for width in (1, 3, 16, 37):
+        values = _odd_values((19, batch, width), dtype)
+        torch.testing.assert_close(*both(trace_module.norm_stats, values), **tol)
+        torch.testing.assert_close(*both(trace_module.norm_stats, values.transpose(0, 1)[:, :5]), **tol)
+    norms = _odd_values((19, batch), dtype).abs()
+    torch.testing.assert_close(*both(trace_module.stats_of_norms, norms), **tol)
+    nan_counts = torch.arange(batch + 1)[:, None]
+    norms = torch.where(torch.arange(batch) < nan_counts, float("nan"), norms.new_ones(()))  # step t: t of them NaN
+    torch.testing.assert_close(*both(trace_module.stats_of_norms, norms), **tol)
+    for units in (1, 5, 8, 64, 130):
+        gates = _odd_values((19, batch, 3, units), dtype).sigmoid()
+        gates[:, :, 1] = gates[:, :, 1] * 2 - 1
+        ranges = [(0.0, 1.0), (-1.0, 1.0), None]
+        compiled, reference = both(trace_module.gates_stats, gates.permute(2, 0, 1, 3), ranges)
+        torch.testing.assert_close(compiled, reference, **tol)
+        assert compiled[:2, :, 4].isfinite().all() and compiled[2, :, 4].isnan().all()
 
 
 @pytest.mark.parametrize("detail", ["full", "summary"])

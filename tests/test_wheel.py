@@ -1,5 +1,5 @@
 """A wheel installed into a fresh venv (not the checkout) serves the dashboard with its CSS and images, and holds
-the LSTM kernel's source."""
+the compiled loops' source."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_wheel_serves_the_dashboard_assets(tmp_path, runs_root):
         cwd=tmp_path, capture_output=True, text=True, check=True,
     )  # fmt: skip
     paths = site.stdout.split()
-    assert len(paths) == 3 and all(path.startswith(str(venv)) for path in paths), site.stdout  # the LSTM kernel too
+    assert len(paths) == 3 and all(path.startswith(str(venv)) for path in paths), site.stdout  # the compiled loops' source too
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     port = _free_port()
     server = subprocess.Popen(

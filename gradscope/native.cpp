@@ -1,0 +1,386 @@
+// gradscope's compiled loops for the CPU, float32 and float64, built on first use by gradscope/native.py.
+//
+// The LSTM's step loops (tanh/tanh): the equations are those of gradscope/kernels.py's LSTMSequence, whose torch
+// loop they replace. Each step is one matrix product (at::addmm_) and one pass over the step's elements, where
+// torch's operations take seven (forward) or five (backward) passes, each with its own call. Gates are in the rows
+// (o, i, f, g). float32's sigmoid and tanh are Cephes' single-precision approximations (relative error below
+// 2e-7), written without branches so that the compiler vectorises them; NaN propagates as in torch.
+//
+// Summary recording's per-step statistics: those of gradscope/trace.py's norm_stats, stats_of_norms and
+// gates_stats, whose torch operations they replace, in one pass over the values.
+//
+// The loops run on one thread (the matrix products on torch's threads). Built with OpenMP, so that at::parallel_for
+// splits a step's rows, the LSTM's forward measured 10 % slower on 2 cores: a step's elements are too few.
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <vector>
+
+namespace {
+
+inline float exp_approx(float x) {
+  // exp on [-88.38, 88.38] as 2^n e^r, |r| <= ln(2)/2; beyond, 0 or inf; NaN stays NaN (comparisons are false)
+  float c = x > 88.3762626647949f ? 88.3762626647949f : x;
+  c = c < -88.3762626647949f ? -88.3762626647949f : c;
+  const float n = std::floor(c * 1.44269504088896341f + 0.5f);
+  const float r = c - n * 0.693359375f + n * 2.12194440e-4f;
+  float y = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
+             1.6666665459e-1f) * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;  // NaN: y is NaN already
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+inline float tanh_of(float x) {
+  // an odd polynomial for |x| < 0.625, else 1 - 2 / (e^{2|x|} + 1) with x's sign
+  const float a = x < 0.0f ? -x : x;
+  const float z = x * x;
+  const float small =
+      ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
+       3.33332819422e-1f) * z * x + x;
+  float big = 1.0f - 2.0f / (exp_approx(a + a) + 1.0f);
+  big = x < 0.0f ? -big : big;
+  return a < 0.625f ? small : big;
+}
+
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double tanh_of(double x) { return std::tanh(x); }
+
+// one row of the batch forward: o, i, f, g [M] pre-activations (in place: the gates), c_prev [M] -> c, tanh c, h
+template <typename T>
+void forward_row(T* __restrict o, T* __restrict i, T* __restrict f, T* __restrict g, const T* __restrict c_prev,
+                 T* __restrict c, T* __restrict tanh_c, T* __restrict h, int64_t m) {
+  for (int64_t k = 0; k < m; ++k) {
+    const T ov = sigmoid(o[k]), iv = sigmoid(i[k]), fv = sigmoid(f[k]), gv = tanh_of(g[k]);
+    o[k] = ov;
+    i[k] = iv;
+    f[k] = fv;
+    g[k] = gv;
+    const T cv = fv * c_prev[k] + iv * gv;
+    const T t = tanh_of(cv);
+    c[k] = cv;
+    tanh_c[k] = t;
+    h[k] = ov * t;
+  }
+}
+
+// one row backward: the gates, tanh c and c_prev [M], dh [M] (total), dc [M] holding f_{t+1} dc_{t+1} (or dL/dc_n,
+// or 0) on entry and dc_t on return; da_o, da_i, da_f, da_g [M] are written
+template <typename T>
+void backward_row(const T* __restrict o, const T* __restrict i, const T* __restrict f, const T* __restrict g,
+                  const T* __restrict tanh_c, const T* __restrict c_prev, const T* __restrict dh, T* __restrict dc,
+                  T* __restrict da_o, T* __restrict da_i, T* __restrict da_f, T* __restrict da_g, int64_t m) {
+  for (int64_t k = 0; k < m; ++k) {
+    const T ov = o[k], iv = i[k], fv = f[k], gv = g[k], t = tanh_c[k], d = dh[k];
+    const T dcv = dc[k] + d * ov * (T(1) - t * t);
+    dc[k] = dcv;
+    da_o[k] = d * t * ov * (T(1) - ov);
+    da_i[k] = dcv * gv * iv * (T(1) - iv);
+    da_f[k] = dcv * c_prev[k] * fv * (T(1) - fv);
+    da_g[k] = dcv * iv * (T(1) - gv * gv);
+  }
+}
+
+template <typename T>
+void carried(const T* __restrict forget_after, const T* __restrict dc_after, T* __restrict dc, int64_t m) {
+  for (int64_t k = 0; k < m; ++k) dc[k] = forget_after[k] * dc_after[k];
+}
+
+// one forward step: a [B, 4M] pre-activations (in place: the gates), c_prev [B, M] -> c, tanh c, h [B, M]
+template <typename T>
+void forward_elements(T* a, const T* c_prev, T* c, T* tanh_c, T* h, int64_t batch, int64_t m) {
+  for (int64_t b = 0; b < batch; ++b) {
+    T* o = a + b * 4 * m;
+    forward_row(o, o + m, o + 2 * m, o + 3 * m, c_prev + b * m, c + b * m, tanh_c + b * m, h + b * m, m);
+  }
+}
+
+// one backward step: from dh (total) and the step after's forget gate and dc (null at the last step run, where
+// dc_after holds dL/dc_n or is null), dc and the pre-activations' gradient da [B, 4M]
+template <typename T>
+void backward_elements(const T* gates, const T* tanh_c, const T* c_prev, const T* dh, const T* forget_after,
+                       const T* dc_after, T* dc, T* da, int64_t batch, int64_t m) {
+  for (int64_t b = 0; b < batch; ++b) {
+    T* dcb = dc + b * m;
+    if (forget_after != nullptr) {
+      carried(forget_after + b * 4 * m, dc_after + b * m, dcb, m);
+    } else if (dc_after != nullptr) {
+      std::memcpy(dcb, dc_after + b * m, m * sizeof(T));
+    } else {
+      std::memset(dcb, 0, m * sizeof(T));
+    }
+    const T* o = gates + b * 4 * m;
+    T* d = da + b * 4 * m;
+    backward_row(o, o + m, o + 2 * m, o + 3 * m, tanh_c + b * m, c_prev + b * m, dh + b * m, dcb, d, d + m,
+                 d + 2 * m, d + 3 * m, m);
+  }
+}
+
+void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type() && t.is_contiguous(), "gradscope's LSTM ",
+              "kernel takes contiguous CPU tensors of one dtype; ", name, " is not");
+}
+
+// gates [T, B, 4M] (or [T, B, 4, M]): W_ih x_t + b on entry, the gates on return; w_hh [4M, M]; h0, c0 [B, M];
+// h, c, tanh_c [T, B, M] are written. Steps run from the last to the first where reverse; every tensor is in time
+// order.
+void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
+                  at::Tensor h, at::Tensor c, at::Tensor tanh_c, bool reverse) {
+  const int64_t steps = gates.size(0), batch = gates.size(1), m = h.size(2);
+  for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&h, "h"}, {&c, "c"}, {&tanh_c, "tanh_c"}})
+    check(*t, gates, name);
+  const at::Tensor w_t = w_hh.t(), h_first = h0.contiguous(), c_first = c0.contiguous();
+  check(c_first, gates, "c0");
+  const at::Tensor rows = gates.view({steps, batch, 4 * m});
+  at::Tensor h_prev = h_first, c_prev = c_first;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = reverse ? steps - 1 - s : s;
+    at::Tensor row = rows[t];
+    row.addmm_(h_prev, w_t);
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_forward", [&] {
+      forward_elements<scalar_t>(row.data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
+                                 c[t].data_ptr<scalar_t>(), tanh_c[t].data_ptr<scalar_t>(),
+                                 h[t].data_ptr<scalar_t>(), batch, m);
+    });
+    h_prev = h[t];
+    c_prev = c[t];
+  }
+}
+
+// dh [T, B, M]: the gradient arriving at each step's output (and h_n) on entry, the total dL/dh_t on return;
+// dc [T, B, M] and da [T, B, 4M] or [T, B, 4, M] (the pre-activations' gradient, rows o, i, f, g) are written.
+void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, const at::Tensor& c0,
+                   const at::Tensor& w_hh, const std::optional<at::Tensor>& grad_cn, at::Tensor dh, at::Tensor dc,
+                   at::Tensor da, bool reverse) {
+  const int64_t steps = gates.size(0), batch = gates.size(1), m = dh.size(2);
+  for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&c, "c"}, {&tanh_c, "tanh_c"}, {&dh, "dh"},
+                                {&dc, "dc"}, {&da, "da"}})
+    check(*t, gates, name);
+  const at::Tensor c_first = c0.contiguous();
+  const std::optional<at::Tensor> dc_n = grad_cn ? std::optional{grad_cn->contiguous()} : std::nullopt;
+  check(c_first, gates, "c0");
+  if (dc_n) check(*dc_n, gates, "grad_cn");
+  const at::Tensor da_rows = da.view({steps, batch, 4 * m});
+  int64_t after = -1;  // the step run after this one, if any
+  for (int64_t s = steps - 1; s >= 0; --s) {
+    const int64_t t = reverse ? steps - 1 - s : s;
+    const int64_t before = reverse ? t + 1 : t - 1;
+    at::Tensor dh_t = dh[t];
+    if (after >= 0) dh_t.addmm_(da_rows[after], w_hh);
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_backward", [&] {
+      const scalar_t* c_prev = (before < 0 || before >= steps) ? c_first.const_data_ptr<scalar_t>()
+                                                                 : c[before].const_data_ptr<scalar_t>();
+      const scalar_t* forget_after = after >= 0 ? gates[after].const_data_ptr<scalar_t>() + 2 * m : nullptr;
+      const scalar_t* dc_after = after >= 0 ? dc[after].const_data_ptr<scalar_t>()
+                                 : dc_n      ? dc_n->const_data_ptr<scalar_t>()
+                                             : nullptr;
+      backward_elements<scalar_t>(gates[t].const_data_ptr<scalar_t>(), tanh_c[t].const_data_ptr<scalar_t>(), c_prev,
+                                  dh_t.const_data_ptr<scalar_t>(), forget_after, dc_after, dc[t].data_ptr<scalar_t>(),
+                                  da[t].data_ptr<scalar_t>(), batch, m);
+    });
+    after = t;
+  }
+}
+
+// Summary statistics. Quantiles as torch.quantile's (and numpy's) "linear" method, NaN ranked last as both sort it.
+constexpr double kQuantiles[3] = {0.1, 0.5, 0.9};
+constexpr int kLanes = 8;  // rows sorted at once, one to a lane of the vector instructions
+
+// compare-exchanges, elementwise: low, high [n] hold the smaller and the larger values
+template <typename T>
+void exchange(T* __restrict low, T* __restrict high, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T a = low[k], b = high[k];
+    low[k] = std::min(a, b);
+    high[k] = std::max(a, b);
+  }
+}
+
+// The quantiles of rows of n values, kLanes rows at a time: row r is lane r of a [N, kLanes] block, N = n rounded
+// up to a power of two, which a bitonic network sorts, every comparison in all lanes at once. On rows of tens of
+// values this is several times faster than sorting one row after another (std::sort, or numpy's vectorised sort).
+template <typename T>
+class RowQuantiles {
+ public:
+  explicit RowQuantiles(int64_t n) : n_(n), padded_(1) {
+    while (padded_ < n) padded_ <<= 1;
+    block_.resize(padded_ * kLanes);
+  }
+
+  // row [n] (copied: it may change after), its quantiles written to out[0..2] by the time flush() returns
+  void add(const T* row, T* out) {
+    int64_t count = 0;
+    for (int64_t k = 0; k < n_; ++k) {
+      const T v = row[k];
+      count += v == v;
+      block_[k * kLanes + rows_] = v == v ? v : kLast;  // NaN: last as +inf is, and read as NaN below
+    }
+    for (int64_t k = n_; k < padded_; ++k) block_[k * kLanes + rows_] = kLast;
+    numbers_[rows_] = count;
+    out_[rows_++] = out;
+    if (rows_ == kLanes) flush();
+  }
+
+  void flush() {
+    if (rows_ == 0) return;
+    for (int64_t size = 2; size <= padded_; size <<= 1) {
+      for (int64_t half = size >> 1; half > 0; half >>= 1) {
+        // rows i and i + half of each group of 2 half rows: two runs of half kLanes values
+        for (int64_t first = 0; first < padded_; first += 2 * half) {
+          T* a = &block_[first * kLanes];
+          T* b = a + half * kLanes;
+          (first & size) == 0 ? exchange(a, b, half * kLanes) : exchange(b, a, half * kLanes);
+        }
+      }
+    }
+    for (int r = 0; r < rows_; ++r) {
+      for (int q = 0; q < 3; ++q) {
+        const double position = kQuantiles[q] * static_cast<double>(n_ - 1);
+        const int64_t below = static_cast<int64_t>(std::floor(position));
+        const int64_t above = static_cast<int64_t>(std::ceil(position));
+        // a rank past the row's numbers holds a NaN's stand-in: NaN (where below is, above is too)
+        const T low = block_[below * kLanes + r];
+        const T high = above < numbers_[r] ? block_[above * kLanes + r] : kNaN;
+        out_[r][q] = low + (high - low) * static_cast<T>(position - static_cast<double>(below));
+      }
+    }
+    rows_ = 0;
+  }
+
+ private:
+  static constexpr T kLast = std::numeric_limits<T>::infinity();
+  static constexpr T kNaN = std::numeric_limits<T>::quiet_NaN();
+  int64_t n_, padded_;
+  std::vector<T> block_;
+  int rows_ = 0;
+  int64_t numbers_[kLanes] = {};
+  T* out_[kLanes] = {};
+};
+
+// sums over [n] in kLanes partial sums, which the compiler vectorises (one running sum it may not reorder)
+template <typename T>
+T sum_of(const T* __restrict v, int64_t n, bool squares) {
+  T partial[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    for (int r = 0; r < kLanes; ++r) partial[r] += squares ? v[k + r] * v[k + r] : v[k + r];
+  }
+  for (; k < n; ++k) partial[0] += squares ? v[k] * v[k] : v[k];
+  T total = 0;
+  for (int r = 0; r < kLanes; ++r) total += partial[r];
+  return total;
+}
+
+// values [T, B, F] (the L2 norm over F of each row) or [T, B] (the norms themselves) -> [T, 5]: per step the mean
+// and quantiles over the batch, and NaN (saturation is not defined for norms)
+at::Tensor norm_stats(const at::Tensor& values) {
+  TORCH_CHECK(values.dim() == 2 || values.dim() == 3, "gradscope's norm_stats takes [T, B, F] or [T, B] values, got ",
+              values.dim(), " dimensions");
+  const bool given = values.dim() == 2;
+  const at::Tensor v = given || values.stride(2) == 1 ? values : values.contiguous();
+  const int64_t steps = v.size(0), batch = v.size(1), width = given ? 1 : v.size(2);
+  at::Tensor out = at::empty({steps, 5}, v.options());
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "gradscope_norm_stats", [&] {
+    const scalar_t* base = v.const_data_ptr<scalar_t>();
+    scalar_t* stats = out.data_ptr<scalar_t>();
+    std::vector<scalar_t> norms(batch);
+    RowQuantiles<scalar_t> quantiles(batch);
+    for (int64_t t = 0; t < steps; ++t) {
+      for (int64_t b = 0; b < batch; ++b) {
+        const scalar_t* row = base + t * v.stride(0) + b * v.stride(1);
+        norms[b] = given ? row[0] : std::sqrt(sum_of(row, width, true));
+      }
+      scalar_t* s = stats + t * 5;
+      s[0] = sum_of(norms.data(), batch, false) / static_cast<scalar_t>(batch);
+      s[4] = std::numeric_limits<scalar_t>::quiet_NaN();
+      quantiles.add(norms.data(), s + 1);
+    }
+    quantiles.flush();
+  });
+  return out;
+}
+
+// unit_sums += row and outer += (|row - middle| > reach, as 0 or 1), over [M]
+template <typename T>
+void add_gate_row(const T* __restrict row, T* __restrict unit_sums, T* __restrict outer, T middle, T reach,
+                  int64_t m) {
+  for (int64_t k = 0; k < m; ++k) {
+    unit_sums[k] += row[k];
+    const T away = row[k] - middle;
+    outer[k] += (away < 0 ? -away : away) > reach ? T(1) : T(0);
+  }
+}
+
+// values [G, T, B, M] (M contiguous, any layout otherwise) of G gates, gate g saturated farther than reach[g] from
+// middle[g] (an infinite reach: unbounded, saturation NaN) -> [G, T, 5]: per gate and step the mean over batch and
+// units, the quantiles across units of each unit's batch mean, and the fraction of values saturated
+at::Tensor gates_stats(const at::Tensor& values, at::ArrayRef<double> middle, at::ArrayRef<double> reach) {
+  TORCH_CHECK(values.dim() == 4, "gradscope's gates_stats takes [G, T, B, M] values, got ", values.dim(),
+              " dimensions");
+  TORCH_CHECK(static_cast<int64_t>(middle.size()) == values.size(0) &&
+                  static_cast<int64_t>(reach.size()) == values.size(0),
+              "gradscope's gates_stats takes a middle and a reach for each of the ", values.size(0), " gates, got ",
+              middle.size(), " and ", reach.size());
+  const at::Tensor v = values.stride(3) == 1 ? values : values.contiguous();
+  const int64_t gates = v.size(0), steps = v.size(1), batch = v.size(2), m = v.size(3);
+  at::Tensor out = at::empty({gates, steps, 5}, v.options());
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "gradscope_gates_stats", [&] {
+    const scalar_t* base = v.const_data_ptr<scalar_t>();
+    scalar_t* stats = out.data_ptr<scalar_t>();
+    // a step's gates together: where they are the rows of a kernel's [T, B, G, M] gates, one run through memory
+    std::vector<scalar_t> unit_means(gates * m), outer(gates * m);
+    RowQuantiles<scalar_t> quantiles(m);
+    for (int64_t t = 0; t < steps; ++t) {
+      std::fill(unit_means.begin(), unit_means.end(), scalar_t(0));
+      std::fill(outer.begin(), outer.end(), scalar_t(0));
+      for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t g = 0; g < gates; ++g) {
+          add_gate_row(base + g * v.stride(0) + t * v.stride(1) + b * v.stride(2), &unit_means[g * m], &outer[g * m],
+                       static_cast<scalar_t>(middle[g]), static_cast<scalar_t>(reach[g]), m);
+        }
+      }
+      for (int64_t g = 0; g < gates; ++g) {
+        scalar_t* means = &unit_means[g * m];
+        for (int64_t k = 0; k < m; ++k) means[k] /= static_cast<scalar_t>(batch);
+        scalar_t* s = stats + (g * steps + t) * 5;
+        s[0] = sum_of(means, m, false) / static_cast<scalar_t>(m);
+        s[4] = std::isfinite(reach[g]) ? sum_of(&outer[g * m], m, false) / static_cast<scalar_t>(batch * m)
+                                       : std::numeric_limits<scalar_t>::quiet_NaN();
+        quantiles.add(means, s + 1);
+      }
+    }
+    quantiles.flush();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(gradscope, lib) {
+  lib.def(
+      "lstm_forward(Tensor(a!) gates, Tensor w_hh, Tensor h0, Tensor c0, Tensor(b!) h, Tensor(c!) c, "
+      "Tensor(d!) tanh_c, bool reverse) -> ()");
+  lib.def(
+      "lstm_backward(Tensor gates, Tensor c, Tensor tanh_c, Tensor c0, Tensor w_hh, Tensor? grad_cn, "
+      "Tensor(a!) dh, Tensor(b!) dc, Tensor(c!) da, bool reverse) -> ()");
+  lib.def("norm_stats(Tensor values) -> Tensor");
+  lib.def("gates_stats(Tensor values, float[] middle, float[] reach) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(gradscope, CPU, lib) {
+  lib.impl("lstm_forward", lstm_forward);
+  lib.impl("lstm_backward", lstm_backward);
+  lib.impl("norm_stats", norm_stats);
+  lib.impl("gates_stats", gates_stats);
+}
