@@ -13,6 +13,7 @@
 // splits a step's rows, the LSTM's forward measured 10 % slower on 2 cores: a step's elements are too few.
 
 #include <ATen/ATen.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -134,7 +135,8 @@ void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
 
 // gates [T, B, 4M] (or [T, B, 4, M]): W_ih x_t + b on entry, the gates on return; w_hh [4M, M]; h0, c0 [B, M];
 // h, c, tanh_c [T, B, M] are written. Steps run from the last to the first where reverse; every tensor is in time
-// order.
+// order. A step's product goes straight to torch's CPU kernel (at::cpu, not through the dispatcher), and its
+// elements are reached by pointer: per step, calls through the dispatcher and views cost as much as M = 64's work.
 void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
                   at::Tensor h, at::Tensor c, at::Tensor tanh_c, bool reverse) {
   const int64_t steps = gates.size(0), batch = gates.size(1), m = h.size(2);
@@ -142,20 +144,22 @@ void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0
     check(*t, gates, name);
   const at::Tensor w_t = w_hh.t(), h_first = h0.contiguous(), c_first = c0.contiguous();
   check(c_first, gates, "c0");
-  const at::Tensor rows = gates.view({steps, batch, 4 * m});
-  at::Tensor h_prev = h_first, c_prev = c_first;
-  for (int64_t s = 0; s < steps; ++s) {
-    const int64_t t = reverse ? steps - 1 - s : s;
-    at::Tensor row = rows[t];
-    row.addmm_(h_prev, w_t);
-    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_forward", [&] {
-      forward_elements<scalar_t>(row.data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
-                                 c[t].data_ptr<scalar_t>(), tanh_c[t].data_ptr<scalar_t>(),
-                                 h[t].data_ptr<scalar_t>(), batch, m);
-    });
-    h_prev = h[t];
-    c_prev = c[t];
-  }
+  std::vector<at::Tensor> rows = gates.view({steps, batch, 4 * m}).unbind(0);  // views made once, not per step
+  const std::vector<at::Tensor> hs = h.unbind(0);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_forward", [&] {
+    scalar_t *cs = c.data_ptr<scalar_t>(), *tanh_cs = tanh_c.data_ptr<scalar_t>(), *h_all = h.data_ptr<scalar_t>();
+    const at::Tensor* h_prev = &h_first;
+    const scalar_t* c_prev = c_first.const_data_ptr<scalar_t>();
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = reverse ? steps - 1 - s : s, offset = t * batch * m;
+      at::Tensor& row = rows[t];
+      at::cpu::addmm_(row, *h_prev, w_t);
+      forward_elements<scalar_t>(row.data_ptr<scalar_t>(), c_prev, cs + offset, tanh_cs + offset, h_all + offset,
+                                 batch, m);
+      h_prev = &hs[t];
+      c_prev = cs + offset;
+    }
+  });
 }
 
 // dh [T, B, M]: the gradient arriving at each step's output (and h_n) on entry, the total dL/dh_t on return;
@@ -171,26 +175,26 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
   const std::optional<at::Tensor> dc_n = grad_cn ? std::optional{grad_cn->contiguous()} : std::nullopt;
   check(c_first, gates, "c0");
   if (dc_n) check(*dc_n, gates, "grad_cn");
-  const at::Tensor da_rows = da.view({steps, batch, 4 * m});
-  int64_t after = -1;  // the step run after this one, if any
-  for (int64_t s = steps - 1; s >= 0; --s) {
-    const int64_t t = reverse ? steps - 1 - s : s;
-    const int64_t before = reverse ? t + 1 : t - 1;
-    at::Tensor dh_t = dh[t];
-    if (after >= 0) dh_t.addmm_(da_rows[after], w_hh);
-    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_backward", [&] {
-      const scalar_t* c_prev = (before < 0 || before >= steps) ? c_first.const_data_ptr<scalar_t>()
-                                                                 : c[before].const_data_ptr<scalar_t>();
-      const scalar_t* forget_after = after >= 0 ? gates[after].const_data_ptr<scalar_t>() + 2 * m : nullptr;
-      const scalar_t* dc_after = after >= 0 ? dc[after].const_data_ptr<scalar_t>()
-                                 : dc_n      ? dc_n->const_data_ptr<scalar_t>()
-                                             : nullptr;
-      backward_elements<scalar_t>(gates[t].const_data_ptr<scalar_t>(), tanh_c[t].const_data_ptr<scalar_t>(), c_prev,
-                                  dh_t.const_data_ptr<scalar_t>(), forget_after, dc_after, dc[t].data_ptr<scalar_t>(),
-                                  da[t].data_ptr<scalar_t>(), batch, m);
-    });
-    after = t;
-  }
+  const std::vector<at::Tensor> da_rows = da.view({steps, batch, 4 * m}).unbind(0);  // views made once
+  std::vector<at::Tensor> dhs = dh.unbind(0);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_backward", [&] {
+    const scalar_t *gate_all = gates.const_data_ptr<scalar_t>(), *cs = c.const_data_ptr<scalar_t>();
+    const scalar_t* tanh_cs = tanh_c.const_data_ptr<scalar_t>();
+    scalar_t *dcs = dc.data_ptr<scalar_t>(), *das = da.data_ptr<scalar_t>(), *dh_all = dh.data_ptr<scalar_t>();
+    const int64_t state = batch * m, row = 4 * state;  // a step's values in the states and in the gates
+    int64_t after = -1;  // the step run after this one, if any
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const int64_t t = reverse ? steps - 1 - s : s;
+      const int64_t before = reverse ? t + 1 : t - 1;
+      if (after >= 0) at::cpu::addmm_(dhs[t], da_rows[after], w_hh);
+      const scalar_t* c_prev = before < 0 || before >= steps ? c_first.const_data_ptr<scalar_t>() : cs + before * state;
+      const scalar_t* forget_after = after >= 0 ? gate_all + after * row + 2 * m : nullptr;
+      const scalar_t* dc_after = after >= 0 ? dcs + after * state : dc_n ? dc_n->const_data_ptr<scalar_t>() : nullptr;
+      backward_elements<scalar_t>(gate_all + t * row, tanh_cs + t * state, c_prev, dh_all + t * state, forget_after,
+                                  dc_after, dcs + t * state, das + t * row, batch, m);
+      after = t;
+    }
+  });
 }
 
 // Summary statistics. Quantiles as torch.quantile's (and numpy's) "linear" method, NaN ranked last as both sort it.
