@@ -47,7 +47,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from gradscope.cells import GATE_NAMES
 from gradscope.native import ops as native_ops
+from gradscope.trace import ACTIVATION_RANGES, saturation_bounds
 
 __all__ = ["GATE_ORDER", "Sink", "run_sequence"]
 
@@ -55,6 +57,8 @@ __all__ = ["GATE_ORDER", "Sink", "run_sequence"]
 # (output, input, forget, cell); _LSTM_ROWS takes torch's rows (input, forget, cell, output) into it
 GATE_ORDER: dict[str, tuple[int, ...]] = {"rnn": (), "gru": (0, 1, 2), "lstm": (1, 2, 3, 0)}
 _LSTM_ROWS = (3, 0, 1, 2)
+# the compiled LSTM's gates in its order (sigmoid o, i, f; tanh g): where each counts as saturated
+_LSTM_SATURATION = saturation_bounds([ACTIVATION_RANGES["sigmoid"]] * 3 + [ACTIVATION_RANGES["tanh"]])
 
 Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
 
@@ -69,12 +73,19 @@ class Sink(Protocol):
     """Whether the RNN's backward may hand over only each step's norm of ∂L/∂h_t over features, ``[T, B]``
     (it then holds one step's ∂L/∂h_t at a time, not the whole sequence's)."""
 
-    def on_kernel_values(self, gates: Tensor | None, c: Tensor | None) -> None:
-        """Forward: the gates ``[T, B, G, M]`` (see :data:`GATE_ORDER`; None for the RNN), the LSTM's ``c``."""
+    def on_kernel_values(self, gates: Tensor | None, c: Tensor | None, stats: dict[str, Tensor] | None = None) -> None:
+        """Forward: the gates ``[T, B, G, M]`` (see :data:`GATE_ORDER`; None for the RNN), the LSTM's ``c``.
 
-    def on_kernel_grads(self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor | None) -> None:
+        ``stats`` (the compiled LSTM, where :attr:`norms_only`): the summary statistics ``[T, 5]`` of some
+        quantities (``"h"``, ``"c"``, the gate names), computed by the op as it ran: those of
+        :func:`~gradscope.trace.norm_stats` and :func:`~gradscope.trace.gates_stats`."""
+
+    def on_kernel_grads(
+        self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor | None, stats: dict[str, Tensor] | None = None
+    ) -> None:
         """Backward: the total gradients of ``x`` ``[T, B, D]``, ``h`` (and the LSTM's ``c``) ``[T, B, M]``
-        (``h``'s: its norms ``[T, B]`` where :attr:`norms_only`, from the RNN)."""
+        (``h``'s: its norms ``[T, B]`` where :attr:`norms_only`, from the RNN); ``stats`` as in
+        :meth:`on_kernel_values` (``"grad_h"``, ``"grad_c"``)."""
 
 
 def run_sequence(
@@ -348,17 +359,23 @@ class LSTMSequence(torch.autograd.Function):
         bias = None if b_ih is None or b_hh is None else _rows(b_ih + b_hh, _LSTM_ROWS)
         h, c, tanh_c = (x.new_empty(steps, batch, width) for _ in range(3))
         ops = native_ops(x)
+        stats = None
         if ops is None:
             gates = _lstm_forward_loop(x, h0, c0, w_ih, w_hh, bias, h, c, tanh_c, reverse)
         else:
             gates = _project(x, w_ih, bias)
-            ops.lstm_forward(gates, w_hh, h0, c0, h, c, tanh_c, reverse)
+            if sink.norms_only:  # summary detail: the statistics as the kernel runs, while each step is in cache
+                stats = x.new_empty(6, steps, 5)
+                ops.lstm_forward(gates, w_hh, h0, c0, h, c, tanh_c, reverse, stats, *_LSTM_SATURATION)
+            else:
+                ops.lstm_forward(gates, w_hh, h0, c0, h, c, tanh_c, reverse)
             gates = gates.view(steps, batch, 4, width)
         last = 0 if reverse else -1
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, c, tanh_c, h)  # tanh c: kept, as it is costly
         ctx.reverse, ctx.sink, ctx.bias, ctx.ops = reverse, sink, bias is not None, ops  # type: ignore[attr-defined]
-        sink.on_kernel_values(gates, c)
+        names = [name for _, name in sorted(zip(GATE_ORDER["lstm"], GATE_NAMES["lstm"], strict=True))]
+        sink.on_kernel_values(gates, c, None if stats is None else dict(zip([*names, "h", "c"], stats, strict=True)))
         return h, h[last].clone(), c[last].clone()
 
     @staticmethod
@@ -371,14 +388,18 @@ class LSTMSequence(torch.autograd.Function):
         reverse = ctx.reverse
         first = steps - 1 if reverse else 0
         dh = _start(grad_out, grad_hn, h, reverse)
+        stats = None
         if ctx.ops is None:
             da, dc = _lstm_backward_loop(c0, w_hh, gates, c, tanh_c, dh, grad_cn, reverse)
         else:
             da, dc = torch.empty_like(gates), torch.empty_like(dh)
-            ctx.ops.lstm_backward(gates, c, tanh_c, c0, w_hh, grad_cn, dh, dc, da, reverse)
+            stats = dh.new_empty(2, steps, 5) if ctx.sink.norms_only else None
+            ctx.ops.lstm_backward(gates, c, tanh_c, c0, w_hh, grad_cn, dh, dc, da, reverse, stats)
         da = da.view(steps, batch, 4 * width)
         grad_x = _project(da, w_ih.t(), None)
-        ctx.sink.on_kernel_grads(grad_x, dh, dc)
+        ctx.sink.on_kernel_grads(
+            grad_x, dh, dc, None if stats is None else dict(zip(("grad_h", "grad_c"), stats, strict=True))
+        )
         needs = ctx.needs_input_grad
         back = GATE_ORDER["lstm"]
         return (

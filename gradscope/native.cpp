@@ -128,75 +128,6 @@ void backward_elements(const T* gates, const T* tanh_c, const T* c_prev, const T
   }
 }
 
-void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type() && t.is_contiguous(), "gradscope's LSTM ",
-              "kernel takes contiguous CPU tensors of one dtype; ", name, " is not");
-}
-
-// gates [T, B, 4M] (or [T, B, 4, M]): W_ih x_t + b on entry, the gates on return; w_hh [4M, M]; h0, c0 [B, M];
-// h, c, tanh_c [T, B, M] are written. Steps run from the last to the first where reverse; every tensor is in time
-// order. A step's product goes straight to torch's CPU kernel (at::cpu, not through the dispatcher), and its
-// elements are reached by pointer: per step, calls through the dispatcher and views cost as much as M = 64's work.
-void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
-                  at::Tensor h, at::Tensor c, at::Tensor tanh_c, bool reverse) {
-  const int64_t steps = gates.size(0), batch = gates.size(1), m = h.size(2);
-  for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&h, "h"}, {&c, "c"}, {&tanh_c, "tanh_c"}})
-    check(*t, gates, name);
-  const at::Tensor w_t = w_hh.t(), h_first = h0.contiguous(), c_first = c0.contiguous();
-  check(c_first, gates, "c0");
-  std::vector<at::Tensor> rows = gates.view({steps, batch, 4 * m}).unbind(0);  // views made once, not per step
-  const std::vector<at::Tensor> hs = h.unbind(0);
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_forward", [&] {
-    scalar_t *cs = c.data_ptr<scalar_t>(), *tanh_cs = tanh_c.data_ptr<scalar_t>(), *h_all = h.data_ptr<scalar_t>();
-    const at::Tensor* h_prev = &h_first;
-    const scalar_t* c_prev = c_first.const_data_ptr<scalar_t>();
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = reverse ? steps - 1 - s : s, offset = t * batch * m;
-      at::Tensor& row = rows[t];
-      at::cpu::addmm_(row, *h_prev, w_t);
-      forward_elements<scalar_t>(row.data_ptr<scalar_t>(), c_prev, cs + offset, tanh_cs + offset, h_all + offset,
-                                 batch, m);
-      h_prev = &hs[t];
-      c_prev = cs + offset;
-    }
-  });
-}
-
-// dh [T, B, M]: the gradient arriving at each step's output (and h_n) on entry, the total dL/dh_t on return;
-// dc [T, B, M] and da [T, B, 4M] or [T, B, 4, M] (the pre-activations' gradient, rows o, i, f, g) are written.
-void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, const at::Tensor& c0,
-                   const at::Tensor& w_hh, const std::optional<at::Tensor>& grad_cn, at::Tensor dh, at::Tensor dc,
-                   at::Tensor da, bool reverse) {
-  const int64_t steps = gates.size(0), batch = gates.size(1), m = dh.size(2);
-  for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&c, "c"}, {&tanh_c, "tanh_c"}, {&dh, "dh"},
-                                {&dc, "dc"}, {&da, "da"}})
-    check(*t, gates, name);
-  const at::Tensor c_first = c0.contiguous();
-  const std::optional<at::Tensor> dc_n = grad_cn ? std::optional{grad_cn->contiguous()} : std::nullopt;
-  check(c_first, gates, "c0");
-  if (dc_n) check(*dc_n, gates, "grad_cn");
-  const std::vector<at::Tensor> da_rows = da.view({steps, batch, 4 * m}).unbind(0);  // views made once
-  std::vector<at::Tensor> dhs = dh.unbind(0);
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_backward", [&] {
-    const scalar_t *gate_all = gates.const_data_ptr<scalar_t>(), *cs = c.const_data_ptr<scalar_t>();
-    const scalar_t* tanh_cs = tanh_c.const_data_ptr<scalar_t>();
-    scalar_t *dcs = dc.data_ptr<scalar_t>(), *das = da.data_ptr<scalar_t>(), *dh_all = dh.data_ptr<scalar_t>();
-    const int64_t state = batch * m, row = 4 * state;  // a step's values in the states and in the gates
-    int64_t after = -1;  // the step run after this one, if any
-    for (int64_t s = steps - 1; s >= 0; --s) {
-      const int64_t t = reverse ? steps - 1 - s : s;
-      const int64_t before = reverse ? t + 1 : t - 1;
-      if (after >= 0) at::cpu::addmm_(dhs[t], da_rows[after], w_hh);
-      const scalar_t* c_prev = before < 0 || before >= steps ? c_first.const_data_ptr<scalar_t>() : cs + before * state;
-      const scalar_t* forget_after = after >= 0 ? gate_all + after * row + 2 * m : nullptr;
-      const scalar_t* dc_after = after >= 0 ? dcs + after * state : dc_n ? dc_n->const_data_ptr<scalar_t>() : nullptr;
-      backward_elements<scalar_t>(gate_all + t * row, tanh_cs + t * state, c_prev, dh_all + t * state, forget_after,
-                                  dc_after, dcs + t * state, das + t * row, batch, m);
-      after = t;
-    }
-  });
-}
-
 // Summary statistics. Quantiles as torch.quantile's (and numpy's) "linear" method, NaN ranked last as both sort it.
 constexpr double kQuantiles[3] = {0.1, 0.5, 0.9};
 constexpr int kLanes = 8;  // rows sorted at once, one to a lane of the vector instructions
@@ -286,34 +217,31 @@ T sum_of(const T* __restrict v, int64_t n, bool squares) {
   return total;
 }
 
-// values [T, B, F] (the L2 norm over F of each row) or [T, B] (the norms themselves) -> [T, 5]: per step the mean
-// and quantiles over the batch, and NaN (saturation is not defined for norms)
-at::Tensor norm_stats(const at::Tensor& values) {
-  TORCH_CHECK(values.dim() == 2 || values.dim() == 3, "gradscope's norm_stats takes [T, B, F] or [T, B] values, got ",
-              values.dim(), " dimensions");
-  const bool given = values.dim() == 2;
-  const at::Tensor v = given || values.stride(2) == 1 ? values : values.contiguous();
-  const int64_t steps = v.size(0), batch = v.size(1), width = given ? 1 : v.size(2);
-  at::Tensor out = at::empty({steps, 5}, v.options());
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "gradscope_norm_stats", [&] {
-    const scalar_t* base = v.const_data_ptr<scalar_t>();
-    scalar_t* stats = out.data_ptr<scalar_t>();
-    std::vector<scalar_t> norms(batch);
-    RowQuantiles<scalar_t> quantiles(batch);
-    for (int64_t t = 0; t < steps; ++t) {
-      for (int64_t b = 0; b < batch; ++b) {
-        const scalar_t* row = base + t * v.stride(0) + b * v.stride(1);
-        norms[b] = given ? row[0] : std::sqrt(sum_of(row, width, true));
-      }
-      scalar_t* s = stats + t * 5;
-      s[0] = sum_of(norms.data(), batch, false) / static_cast<scalar_t>(batch);
-      s[4] = std::numeric_limits<scalar_t>::quiet_NaN();
-      quantiles.add(norms.data(), s + 1);
+// The statistics of rows of norms or of gates, a step at a time, for summary recording (gradscope/trace.py's
+// norm_stats and gates_stats): their quantiles are written when flush() is called, or when eight rows are pending.
+template <typename T>
+class NormStats {
+ public:
+  explicit NormStats(int64_t batch) : norms_(batch), quantiles_(batch) {}
+
+  // one step: B rows of width values, row_stride apart (width 0: the values are the norms themselves) -> s[0..4]
+  void add(const T* rows, int64_t row_stride, int64_t width, T* s) {
+    const int64_t batch = static_cast<int64_t>(norms_.size());
+    for (int64_t b = 0; b < batch; ++b) {
+      const T* row = rows + b * row_stride;
+      norms_[b] = width == 0 ? row[0] : std::sqrt(sum_of(row, width, true));
     }
-    quantiles.flush();
-  });
-  return out;
-}
+    s[0] = sum_of(norms_.data(), batch, false) / static_cast<T>(batch);
+    s[4] = std::numeric_limits<T>::quiet_NaN();
+    quantiles_.add(norms_.data(), s + 1);
+  }
+
+  void flush() { quantiles_.flush(); }
+
+ private:
+  std::vector<T> norms_;
+  RowQuantiles<T> quantiles_;
+};
 
 // unit_sums += row and outer += (|row - middle| > reach, as 0 or 1), over [M]
 template <typename T>
@@ -326,9 +254,169 @@ void add_gate_row(const T* __restrict row, T* __restrict unit_sums, T* __restric
   }
 }
 
-// values [G, T, B, M] (M contiguous, any layout otherwise) of G gates, gate g saturated farther than reach[g] from
-// middle[g] (an infinite reach: unbounded, saturation NaN) -> [G, T, 5]: per gate and step the mean over batch and
-// units, the quantiles across units of each unit's batch mean, and the fraction of values saturated
+template <typename T>
+class GateStats {
+ public:
+  // G gates of M units, gate g saturated farther than reach[g] from middle[g] (an infinite reach: unbounded,
+  // saturation NaN)
+  GateStats(int64_t m, std::vector<double> middle, std::vector<double> reach)
+      : m_(m), middle_(std::move(middle)), reach_(std::move(reach)), unit_means_(middle_.size() * m),
+        outer_(middle_.size() * m), quantiles_(m) {}
+
+  // one step of B rows: gate g's row b at base + g * gate_stride + b * row_stride -> s + g * s_stride, [5] each:
+  // the mean over batch and units, the quantiles across units of each unit's batch mean, the fraction saturated
+  void add(const T* base, int64_t gate_stride, int64_t row_stride, int64_t batch, T* s, int64_t s_stride) {
+    const int64_t gates = static_cast<int64_t>(middle_.size());
+    std::fill(unit_means_.begin(), unit_means_.end(), T(0));
+    std::fill(outer_.begin(), outer_.end(), T(0));
+    for (int64_t b = 0; b < batch; ++b) {  // a step's gates together: one run through a kernel's [B, G, M] rows
+      for (int64_t g = 0; g < gates; ++g) {
+        add_gate_row(base + g * gate_stride + b * row_stride, &unit_means_[g * m_], &outer_[g * m_],
+                     static_cast<T>(middle_[g]), static_cast<T>(reach_[g]), m_);
+      }
+    }
+    for (int64_t g = 0; g < gates; ++g) {
+      T* means = &unit_means_[g * m_];
+      for (int64_t k = 0; k < m_; ++k) means[k] /= static_cast<T>(batch);
+      T* out = s + g * s_stride;
+      out[0] = sum_of(means, m_, false) / static_cast<T>(m_);
+      out[4] = std::isfinite(reach_[g]) ? sum_of(&outer_[g * m_], m_, false) / static_cast<T>(batch * m_)
+                                        : std::numeric_limits<T>::quiet_NaN();
+      quantiles_.add(means, out + 1);
+    }
+  }
+
+  void flush() { quantiles_.flush(); }
+
+ private:
+  int64_t m_;
+  std::vector<double> middle_, reach_;
+  std::vector<T> unit_means_, outer_;
+  RowQuantiles<T> quantiles_;
+};
+
+void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type() && t.is_contiguous(), "gradscope's LSTM ",
+              "kernel takes contiguous CPU tensors of one dtype; ", name, " is not");
+}
+
+void check_stats(const at::Tensor& stats, const at::Tensor& like, int64_t rows, int64_t steps) {
+  check(stats, like, "stats");
+  TORCH_CHECK(stats.dim() == 3 && stats.size(0) == rows && stats.size(1) == steps && stats.size(2) == 5,
+              "gradscope's LSTM kernel writes statistics into [", rows, ", ", steps, ", 5], got ", stats.sizes());
+}
+
+// gates [T, B, 4M] (or [T, B, 4, M]): W_ih x_t + b on entry, the gates on return; w_hh [4M, M]; h0, c0 [B, M];
+// h, c, tanh_c [T, B, M] are written. Steps run from the last to the first where reverse; every tensor is in time
+// order. With stats [6, T, 5], summary recording's statistics are written there as each step is computed: the
+// gates' (o, i, f, g; saturated beyond reach[g] from middle[g], see GateStats), then h's and c's norms'. A step's
+// product goes straight to torch's CPU kernel (at::cpu, not through the dispatcher), and its
+// elements are reached by pointer: per step, calls through the dispatcher and views cost as much as M = 64's work.
+void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
+                  at::Tensor h, at::Tensor c, at::Tensor tanh_c, bool reverse, std::optional<at::Tensor> stats,
+                  at::ArrayRef<double> middle, at::ArrayRef<double> reach) {
+  const int64_t steps = gates.size(0), batch = gates.size(1), m = h.size(2);
+  for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&h, "h"}, {&c, "c"}, {&tanh_c, "tanh_c"}})
+    check(*t, gates, name);
+  const at::Tensor w_t = w_hh.t(), h_first = h0.contiguous(), c_first = c0.contiguous();
+  check(c_first, gates, "c0");
+  std::vector<at::Tensor> rows = gates.view({steps, batch, 4 * m}).unbind(0);  // views made once, not per step
+  const std::vector<at::Tensor> hs = h.unbind(0);
+  if (stats) {
+    check_stats(*stats, gates, 6, steps);
+    TORCH_CHECK(middle.size() == 4 && reach.size() == 4, "gradscope's LSTM kernel takes a middle and a reach for ",
+                "each of its 4 gates, got ", middle.size(), " and ", reach.size());
+  }
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_forward", [&] {
+    scalar_t *cs = c.data_ptr<scalar_t>(), *tanh_cs = tanh_c.data_ptr<scalar_t>(), *h_all = h.data_ptr<scalar_t>();
+    scalar_t* st = stats ? stats->data_ptr<scalar_t>() : nullptr;
+    GateStats<scalar_t> gate_stats(m, middle.vec(), reach.vec());
+    NormStats<scalar_t> norms(batch);
+    const at::Tensor* h_prev = &h_first;
+    const scalar_t* c_prev = c_first.const_data_ptr<scalar_t>();
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = reverse ? steps - 1 - s : s, offset = t * batch * m;
+      at::Tensor& row = rows[t];
+      at::cpu::addmm_(row, *h_prev, w_t);
+      scalar_t* a = row.data_ptr<scalar_t>();
+      forward_elements<scalar_t>(a, c_prev, cs + offset, tanh_cs + offset, h_all + offset, batch, m);
+      if (st != nullptr) {  // while the step's values are in cache
+        gate_stats.add(a, m, 4 * m, batch, st + t * 5, steps * 5);
+        norms.add(h_all + offset, m, m, st + (4 * steps + t) * 5);
+        norms.add(cs + offset, m, m, st + (5 * steps + t) * 5);
+      }
+      h_prev = &hs[t];
+      c_prev = cs + offset;
+    }
+    gate_stats.flush();
+    norms.flush();
+  });
+}
+
+// dh [T, B, M]: the gradient arriving at each step's output (and h_n) on entry, the total dL/dh_t on return;
+// dc [T, B, M] and da [T, B, 4M] or [T, B, 4, M] (the pre-activations' gradient, rows o, i, f, g) are written;
+// with stats [2, T, 5], the statistics of the norms of the total dh and of dc, as each step is computed.
+void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, const at::Tensor& c0,
+                   const at::Tensor& w_hh, const std::optional<at::Tensor>& grad_cn, at::Tensor dh, at::Tensor dc,
+                   at::Tensor da, bool reverse, std::optional<at::Tensor> stats) {
+  const int64_t steps = gates.size(0), batch = gates.size(1), m = dh.size(2);
+  for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&c, "c"}, {&tanh_c, "tanh_c"}, {&dh, "dh"},
+                                {&dc, "dc"}, {&da, "da"}})
+    check(*t, gates, name);
+  const at::Tensor c_first = c0.contiguous();
+  const std::optional<at::Tensor> dc_n = grad_cn ? std::optional{grad_cn->contiguous()} : std::nullopt;
+  check(c_first, gates, "c0");
+  if (dc_n) check(*dc_n, gates, "grad_cn");
+  const std::vector<at::Tensor> da_rows = da.view({steps, batch, 4 * m}).unbind(0);  // views made once
+  std::vector<at::Tensor> dhs = dh.unbind(0);
+  if (stats) check_stats(*stats, gates, 2, steps);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_backward", [&] {
+    scalar_t* st = stats ? stats->data_ptr<scalar_t>() : nullptr;
+    NormStats<scalar_t> norms(batch);
+    const scalar_t *gate_all = gates.const_data_ptr<scalar_t>(), *cs = c.const_data_ptr<scalar_t>();
+    const scalar_t* tanh_cs = tanh_c.const_data_ptr<scalar_t>();
+    scalar_t *dcs = dc.data_ptr<scalar_t>(), *das = da.data_ptr<scalar_t>(), *dh_all = dh.data_ptr<scalar_t>();
+    const int64_t state = batch * m, row = 4 * state;  // a step's values in the states and in the gates
+    int64_t after = -1;  // the step run after this one, if any
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const int64_t t = reverse ? steps - 1 - s : s;
+      const int64_t before = reverse ? t + 1 : t - 1;
+      if (after >= 0) at::cpu::addmm_(dhs[t], da_rows[after], w_hh);
+      const scalar_t* c_prev = before < 0 || before >= steps ? c_first.const_data_ptr<scalar_t>() : cs + before * state;
+      const scalar_t* forget_after = after >= 0 ? gate_all + after * row + 2 * m : nullptr;
+      const scalar_t* dc_after = after >= 0 ? dcs + after * state : dc_n ? dc_n->const_data_ptr<scalar_t>() : nullptr;
+      backward_elements<scalar_t>(gate_all + t * row, tanh_cs + t * state, c_prev, dh_all + t * state, forget_after,
+                                  dc_after, dcs + t * state, das + t * row, batch, m);
+      if (st != nullptr) {
+        norms.add(dh_all + t * state, m, m, st + t * 5);
+        norms.add(dcs + t * state, m, m, st + (steps + t) * 5);
+      }
+      after = t;
+    }
+    norms.flush();
+  });
+}
+
+// values [T, B, F] (the L2 norm over F of each row) or [T, B] (the norms themselves) -> [T, 5]: per step the mean
+// and quantiles over the batch, and NaN (saturation is not defined for norms)
+at::Tensor norm_stats(const at::Tensor& values) {
+  TORCH_CHECK(values.dim() == 2 || values.dim() == 3, "gradscope's norm_stats takes [T, B, F] or [T, B] values, got ",
+              values.dim(), " dimensions");
+  const bool given = values.dim() == 2;
+  const at::Tensor v = given || values.stride(2) == 1 ? values : values.contiguous();
+  const int64_t steps = v.size(0), batch = v.size(1), width = given ? 0 : v.size(2);
+  at::Tensor out = at::empty({steps, 5}, v.options());
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "gradscope_norm_stats", [&] {
+    const scalar_t* base = v.const_data_ptr<scalar_t>();
+    scalar_t* stats = out.data_ptr<scalar_t>();
+    NormStats<scalar_t> norms(batch);
+    for (int64_t t = 0; t < steps; ++t) norms.add(base + t * v.stride(0), v.stride(1), width, stats + t * 5);
+    norms.flush();
+  });
+  return out;
+}
+
+// values [G, T, B, M] (M contiguous, any layout otherwise) of G gates -> [G, T, 5]: see GateStats
 at::Tensor gates_stats(const at::Tensor& values, at::ArrayRef<double> middle, at::ArrayRef<double> reach) {
   TORCH_CHECK(values.dim() == 4, "gradscope's gates_stats takes [G, T, B, M] values, got ", values.dim(),
               " dimensions");
@@ -342,29 +430,11 @@ at::Tensor gates_stats(const at::Tensor& values, at::ArrayRef<double> middle, at
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "gradscope_gates_stats", [&] {
     const scalar_t* base = v.const_data_ptr<scalar_t>();
     scalar_t* stats = out.data_ptr<scalar_t>();
-    // a step's gates together: where they are the rows of a kernel's [T, B, G, M] gates, one run through memory
-    std::vector<scalar_t> unit_means(gates * m), outer(gates * m);
-    RowQuantiles<scalar_t> quantiles(m);
+    GateStats<scalar_t> gate_stats(m, middle.vec(), reach.vec());
     for (int64_t t = 0; t < steps; ++t) {
-      std::fill(unit_means.begin(), unit_means.end(), scalar_t(0));
-      std::fill(outer.begin(), outer.end(), scalar_t(0));
-      for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t g = 0; g < gates; ++g) {
-          add_gate_row(base + g * v.stride(0) + t * v.stride(1) + b * v.stride(2), &unit_means[g * m], &outer[g * m],
-                       static_cast<scalar_t>(middle[g]), static_cast<scalar_t>(reach[g]), m);
-        }
-      }
-      for (int64_t g = 0; g < gates; ++g) {
-        scalar_t* means = &unit_means[g * m];
-        for (int64_t k = 0; k < m; ++k) means[k] /= static_cast<scalar_t>(batch);
-        scalar_t* s = stats + (g * steps + t) * 5;
-        s[0] = sum_of(means, m, false) / static_cast<scalar_t>(m);
-        s[4] = std::isfinite(reach[g]) ? sum_of(&outer[g * m], m, false) / static_cast<scalar_t>(batch * m)
-                                       : std::numeric_limits<scalar_t>::quiet_NaN();
-        quantiles.add(means, s + 1);
-      }
+      gate_stats.add(base + t * v.stride(1), v.stride(0), v.stride(2), batch, stats + t * 5, steps * 5);
     }
-    quantiles.flush();
+    gate_stats.flush();
   });
   return out;
 }
@@ -374,10 +444,10 @@ at::Tensor gates_stats(const at::Tensor& values, at::ArrayRef<double> middle, at
 TORCH_LIBRARY(gradscope, lib) {
   lib.def(
       "lstm_forward(Tensor(a!) gates, Tensor w_hh, Tensor h0, Tensor c0, Tensor(b!) h, Tensor(c!) c, "
-      "Tensor(d!) tanh_c, bool reverse) -> ()");
+      "Tensor(d!) tanh_c, bool reverse, Tensor(e!)? stats=None, float[] middle=[], float[] reach=[]) -> ()");
   lib.def(
       "lstm_backward(Tensor gates, Tensor c, Tensor tanh_c, Tensor c0, Tensor w_hh, Tensor? grad_cn, "
-      "Tensor(a!) dh, Tensor(b!) dc, Tensor(c!) da, bool reverse) -> ()");
+      "Tensor(a!) dh, Tensor(b!) dc, Tensor(c!) da, bool reverse, Tensor(d!)? stats=None) -> ()");
   lib.def("norm_stats(Tensor values) -> Tensor");
   lib.def("gates_stats(Tensor values, float[] middle, float[] reach) -> Tensor");
 }

@@ -355,6 +355,7 @@ class _LayerRecord:
         self._fused: _FusedGradients | None = None  # between probe_input and store, for a fused kernel
         self._saved_gates: list[tuple[Tensor, ...]] | None = None  # per step, from torch's GRU graph until derived
         self._given: tuple[Tensor, Tensor | None] | None = None  # a kernel's gates [T, B, G, M] (and c) until derived
+        self._given_stats: dict[str, Tensor] = {}  # summary statistics a kernel computed, by quantity, until taken
 
     def probe_x(self, x: Tensor) -> Tensor:
         """What the layer runs on instead of ``x`` ``[T, B, D]``: its gradient becomes ``grad_x``.
@@ -454,16 +455,29 @@ class _LayerRecord:
         """For a kernel: summary detail keeps only the norms of ``grad_h``."""
         return self.detail == "summary"
 
-    def on_kernel_values(self, gates: Tensor | None, c: Tensor | None) -> None:
-        """A :mod:`gradscope.kernels` op's forward: its gates and the LSTM's ``c``, kept instead of recomputed."""
+    def on_kernel_values(self, gates: Tensor | None, c: Tensor | None, stats: dict[str, Tensor] | None = None) -> None:
+        """A :mod:`gradscope.kernels` op's forward: its gates and the LSTM's ``c``, kept instead of recomputed (and
+        summary statistics it computed, taken instead of computing them)."""
         self._given = None if gates is None else (gates, c)
+        self._given_stats.update(stats or {})
 
-    def on_kernel_grads(self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor | None) -> None:
-        """A :mod:`gradscope.kernels` op's backward: every step's total gradients, time order."""
+    def on_kernel_grads(
+        self, grad_x: Tensor, grad_h: Tensor, grad_c: Tensor | None, stats: dict[str, Tensor] | None = None
+    ) -> None:
+        """A :mod:`gradscope.kernels` op's backward: every step's total gradients, time order (and statistics)."""
+        self._given_stats.update(stats or {})
         self._on_grad("grad_x", grad_x, shared=self.key[1] == 0)  # it is also the input's gradient
         self._on_grad("grad_h", grad_h, norms=grad_h.dim() == 2)
         if grad_c is not None:
             self._on_grad("grad_c", grad_c)
+
+    def _norm_stats(self, quantity: str, values: Tensor, norms: bool = False) -> Tensor:
+        """Summary statistics of ``values`` ``[T, B, F]`` (with ``norms``, their norms ``[T, B]``): a kernel's where
+        it computed them."""
+        given = self._given_stats.pop(quantity, None)
+        if given is not None:
+            return given
+        return stats_of_norms(values) if norms else norm_stats(values)
 
     def _full_scan_coefficients(self) -> tuple[Tensor, Tensor]:
         self._derive(reduce=False)
@@ -483,7 +497,7 @@ class _LayerRecord:
                     "statistics of its gradients describe the latest backward only",
                     stacklevel=2,
                 )
-            self.grads[quantity] = stats_of_norms(grad) if norms else norm_stats(grad)
+            self.grads[quantity] = self._norm_stats(quantity, grad, norms)
         elif quantity in self.grads:
             self.grads[quantity] = self.grads[quantity] + grad  # as .grad accumulates
         else:
@@ -519,7 +533,7 @@ class _LayerRecord:
         coefficients = self._derive(reduce=True, scan_coefficients=scans)
         if scans:
             fused.coefficients = coefficients  # type: ignore[union-attr]
-        self.values = {q: v if q == "c" else norm_stats(v) for q, v in self.values.items()}
+        self.values = {q: v if q == "c" else self._norm_stats(q, v) for q, v in self.values.items()}
         if self.cell in KEEP_GATE:
             self.gates["keep"] = self.gates[KEEP_GATE[self.cell]]
 
@@ -619,14 +633,16 @@ class _LayerRecord:
         """:meth:`_derive` from a kernel's gates ``[T, B, G, M]`` and ``c``: views of them, or their statistics
         over the whole sequence at once (they exist already: no blocks, no copies)."""
         names, order = GATE_NAMES[self.cell], GATE_ORDER[self.cell]
-        if reduce:
+        if reduce and all(name in self._given_stats for name in names):
+            self.gates = {name: self._given_stats.pop(name) for name in names}
+        elif reduce:
             in_kernel_order = [name for _, name in sorted(zip(order, names, strict=True))]
             stats = gates_stats(gates.permute(2, 0, 1, 3), [self.gate_ranges[name] for name in in_kernel_order])
             self.gates = {name: stats[k] for k, name in zip(order, names, strict=True)}
         else:
             self.gates = {name: gates[:, :, k] for k, name in zip(order, names, strict=True)}
         if c is not None:
-            self.values["c"] = norm_stats(c) if reduce else c
+            self.values["c"] = self._norm_stats("c", c) if reduce else c
         self._derived = True
         self._given = None
 

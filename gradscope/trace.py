@@ -117,15 +117,21 @@ def gate_stats(values: Tensor, value_range: tuple[float, float] | None) -> Tenso
     return gates_stats(values[None], [value_range])[0]
 
 
+def saturation_bounds(value_ranges: Sequence[tuple[float, float] | None]) -> tuple[list[float], list[float]]:
+    """``(middle, reach)`` per range: a value is saturated farther than reach from the middle of its range (an
+    unbounded gate, range None: reach inf, never; its saturation is then NaN)."""
+    middle = [0.0 if r is None else (r[0] + r[1]) / 2 for r in value_ranges]
+    reach = [math.inf if r is None else (0.5 - _SATURATION_BAND) * (r[1] - r[0]) for r in value_ranges]
+    return middle, reach
+
+
 def gates_stats(values: Tensor, value_ranges: Sequence[tuple[float, float] | None]) -> Tensor:
     """:func:`gate_stats` of G gates at once, ``[G, T, B, M]`` → ``[G, T, 5]``, gate g in ``value_ranges[g]``.
 
     One set of tensor operations for all gates: on small blocks of steps, dispatch costs more than
     arithmetic. On the CPU in float32 and float64 compiled (:mod:`gradscope.native`), with the same results.
     """
-    # saturated: farther than reach from the middle of its range (an unbounded gate: never, then NaN)
-    middle = [0.0 if r is None else (r[0] + r[1]) / 2 for r in value_ranges]
-    reach = [math.inf if r is None else (0.5 - _SATURATION_BAND) * (r[1] - r[0]) for r in value_ranges]
+    middle, reach = saturation_bounds(value_ranges)
     with torch.no_grad():
         ops = native_ops(values)
         if ops is not None:

@@ -11,7 +11,7 @@ from conftest import TOL
 from reference import unrolled
 from torch.utils import cpp_extension
 
-from gradscope import kernels, native
+from gradscope import kernels, native, trace
 from gradscope.cells import GATE_NAMES
 from gradscope.kernels import GATE_ORDER, run_sequence
 
@@ -46,11 +46,15 @@ class _Sink:
         self.values: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
         self.grads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
 
-    def on_kernel_values(self, gates, c):
-        self.values.append(tuple(None if v is None else v.clone() for v in (gates, c)))
+        self.stats: dict[str, torch.Tensor] = {}
 
-    def on_kernel_grads(self, grad_x, grad_h, grad_c):
+    def on_kernel_values(self, gates, c, stats=None):
+        self.values.append(tuple(None if v is None else v.clone() for v in (gates, c)))
+        self.stats.update(stats or {})
+
+    def on_kernel_grads(self, grad_x, grad_h, grad_c, stats=None):
         self.grads.append(tuple(None if v is None else v.clone() for v in (grad_x, grad_h, grad_c)))
+        self.stats.update(stats or {})
 
 
 def _module(case, dtype=torch.float64, **options):
@@ -199,6 +203,38 @@ def test_none_can_be_differentiated_twice(case):
     )
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         grad.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_the_compiled_lstm_hands_over_summary_statistics_of_what_it_computed(reverse, dtype):
+    """Where only summaries are asked, the kernel's own statistics of h, c, the gates and the total ∂L/∂h_t and
+    ∂L/∂c_t: those of gradscope.trace's functions on the values it hands over; its outputs and gradients unchanged.
+    Over 11 steps (more than the 8 rows its quantiles sort at once)."""
+    if native.ops(torch.zeros(1)) is None:
+        pytest.skip("the compiled loops do not build on this machine")
+    module = _module(("lstm", {}), dtype=dtype)
+    x = torch.randn(11, 4, 3, dtype=dtype)
+    h0, c0 = torch.randn(4, 5, dtype=dtype), torch.randn(4, 5, dtype=dtype)
+    results = []
+    for norms_only in (False, True):
+        sink = _Sink(norms_only)
+        out, h_n, c_n = _run(module, x, h0, c0, reverse, sink)
+        grads = torch.autograd.grad(_loss(out, h_n, c_n), list(module.parameters()))
+        results.append((sink, out, grads))
+    (full, full_out, full_grads), (summary, out, grads) = results
+    assert not full.stats and set(summary.stats) == {*GATE_NAMES["lstm"], "h", "c", "grad_h", "grad_c"}
+    torch.testing.assert_close(out, full_out, rtol=0, atol=0)
+    for a, b in zip(grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (gates, c), ((_, grad_h, grad_c),) = summary.values[0], summary.grads
+    tol = TOL[dtype]
+    for name, values in (("h", out), ("c", c), ("grad_h", grad_h), ("grad_c", grad_c)):
+        torch.testing.assert_close(summary.stats[name], trace.norm_stats(values), **tol, equal_nan=True)
+    ranges = [(0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (-1.0, 1.0)]  # the gates in the kernel's order: o, i, f, g
+    expected = trace.gates_stats(gates.permute(2, 0, 1, 3), ranges)
+    for name, index in zip(GATE_NAMES["lstm"], GATE_ORDER["lstm"], strict=True):
+        torch.testing.assert_close(summary.stats[name], expected[index], **tol)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])

@@ -290,9 +290,11 @@ def test_repeated_backward_accumulates_full_gradients_like_grad():
     torch.testing.assert_close(rec.trace.layer().grad_h, 2 * once)
 
 
-def test_summary_detail_equals_the_reductions_of_the_full_trace():
-    layer = gradscope.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
-    x = torch.randn(7, 5, 3, dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_summary_detail_equals_the_reductions_of_the_full_trace(dtype):
+    """On the CPU, summary detail takes the compiled LSTM's own statistics, computed as it ran."""
+    layer = gradscope.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=dtype)
+    x = torch.randn(7, 5, 3, dtype=dtype)
     frames = {}
     for detail in ("full", "summary"):
         with gradscope.record(layer, detail=detail) as rec:
@@ -304,7 +306,9 @@ def test_summary_detail_equals_the_reductions_of_the_full_trace():
     assert isinstance(summary, gradscope.LayerSummary)
     assert summary.batch_size == 5 and summary.seq_len == 7
     assert all(table.shape == (7, 5) for table in summary.stats.values())
-    pd.testing.assert_frame_equal(frames["full"], frames["summary"], rtol=1e-12)
+    pd.testing.assert_frame_equal(
+        frames["full"], frames["summary"], rtol={torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    )
 
 
 def test_summary_statistics_are_what_they_claim():

@@ -44,7 +44,9 @@ def test_wheel_serves_the_dashboard_assets(tmp_path, runs_root):
         cwd=tmp_path, capture_output=True, text=True, check=True,
     )  # fmt: skip
     paths = site.stdout.split()
-    assert len(paths) == 3 and all(path.startswith(str(venv)) for path in paths), site.stdout  # the compiled loops' source too
+    assert len(paths) == 3 and all(path.startswith(str(venv)) for path in paths), (
+        site.stdout
+    )  # the compiled loops' source too
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     port = _free_port()
     server = subprocess.Popen(
