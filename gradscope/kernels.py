@@ -59,6 +59,8 @@ GATE_ORDER: dict[str, tuple[int, ...]] = {"rnn": (), "gru": (0, 1, 2), "lstm": (
 _LSTM_ROWS = (3, 0, 1, 2)
 # the compiled LSTM's gates in its order (sigmoid o, i, f; tanh g): where each counts as saturated
 _LSTM_SATURATION = saturation_bounds([ACTIVATION_RANGES["sigmoid"]] * 3 + [ACTIVATION_RANGES["tanh"]])
+# the rows of the compiled LSTM's forward statistics: its gates in its order, then h and c
+_LSTM_STATS = (*(name for _, name in sorted(zip(GATE_ORDER["lstm"], GATE_NAMES["lstm"], strict=True))), "h", "c")
 
 Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
 
@@ -364,18 +366,15 @@ class LSTMSequence(torch.autograd.Function):
             gates = _lstm_forward_loop(x, h0, c0, w_ih, w_hh, bias, h, c, tanh_c, reverse)
         else:
             gates = _project(x, w_ih, bias)
-            if sink.norms_only:  # summary detail: the statistics as the kernel runs, while each step is in cache
-                stats = x.new_empty(6, steps, 5)
-                ops.lstm_forward(gates, w_hh, h0, c0, h, c, tanh_c, reverse, stats, *_LSTM_SATURATION)
-            else:
-                ops.lstm_forward(gates, w_hh, h0, c0, h, c, tanh_c, reverse)
+            # summary detail: the statistics as the kernel runs, while each step is in cache
+            stats = x.new_empty(6, steps, 5) if sink.norms_only else None
+            ops.lstm_forward(gates, w_hh, h0, c0, h, c, tanh_c, reverse, stats, *_LSTM_SATURATION)
             gates = gates.view(steps, batch, 4, width)
         last = 0 if reverse else -1
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gates, c, tanh_c, h)  # tanh c: kept, as it is costly
         ctx.reverse, ctx.sink, ctx.bias, ctx.ops = reverse, sink, bias is not None, ops  # type: ignore[attr-defined]
-        names = [name for _, name in sorted(zip(GATE_ORDER["lstm"], GATE_NAMES["lstm"], strict=True))]
-        sink.on_kernel_values(gates, c, None if stats is None else dict(zip([*names, "h", "c"], stats, strict=True)))
+        sink.on_kernel_values(gates, c, None if stats is None else dict(zip(_LSTM_STATS, stats, strict=True)))
         return h, h[last].clone(), c[last].clone()
 
     @staticmethod
