@@ -1,8 +1,8 @@
 // gradscope's compiled loops for the CPU, float32 and float64, built on first use by gradscope/native.py.
 //
 // The LSTM's step loops (tanh/tanh): the equations are those of gradscope/kernels.py's LSTMSequence, whose torch
-// loop they replace. Each step is one matrix product (at::addmm_) and one pass over the step's elements, where
-// torch's operations take seven (forward) or five (backward) passes, each with its own call. Gates are in the rows
+// loop they replace. Each step is one matrix product (see Product: oneDNN's or BLAS's) and one pass over the step's
+// elements, where torch's operations take seven (forward) or five (backward) passes, each with its own call. Gates are in the rows
 // (o, i, f, g). float32's sigmoid and tanh are Cephes' single-precision approximations (relative error below
 // 2e-7), written without branches so that the compiler vectorises them; NaN propagates as in torch.
 //
@@ -13,6 +13,7 @@
 // splits a step's rows, the LSTM's forward measured 10 % slower on 2 cores: a step's elements are too few.
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/addmm_cpu_dispatch.h>
 #include <torch/library.h>
 
@@ -58,12 +59,14 @@ inline float tanh_of(float x) {
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_of(double x) { return std::tanh(x); }
 
-// one row of the batch forward: o, i, f, g [M] pre-activations (in place: the gates), c_prev [M] -> c, tanh c, h
-template <typename T>
-void forward_row(T* __restrict o, T* __restrict i, T* __restrict f, T* __restrict g, const T* __restrict c_prev,
-                 T* __restrict c, T* __restrict tanh_c, T* __restrict h, int64_t m) {
+// one row of the batch forward: o, i, f, g [M] the pre-activations (in place: the gates), less p [4M] where
+// kProduct (p: the step's product W_hh h_{t-1}, rows o, i, f, g), c_prev [M] -> c, tanh c, h
+template <typename T, bool kProduct>
+void forward_row(T* __restrict o, T* __restrict i, T* __restrict f, T* __restrict g, const T* __restrict p,
+                 const T* __restrict c_prev, T* __restrict c, T* __restrict tanh_c, T* __restrict h, int64_t m) {
   for (int64_t k = 0; k < m; ++k) {
-    const T ov = sigmoid(o[k]), iv = sigmoid(i[k]), fv = sigmoid(f[k]), gv = tanh_of(g[k]);
+    const T ov = sigmoid(kProduct ? o[k] + p[k] : o[k]), iv = sigmoid(kProduct ? i[k] + p[m + k] : i[k]);
+    const T fv = sigmoid(kProduct ? f[k] + p[2 * m + k] : f[k]), gv = tanh_of(kProduct ? g[k] + p[3 * m + k] : g[k]);
     o[k] = ov;
     i[k] = iv;
     f[k] = fv;
@@ -76,14 +79,17 @@ void forward_row(T* __restrict o, T* __restrict i, T* __restrict f, T* __restric
   }
 }
 
-// one row backward: the gates, tanh c and c_prev [M], dh [M] (total), dc [M] holding f_{t+1} dc_{t+1} (or dL/dc_n,
-// or 0) on entry and dc_t on return; da_o, da_i, da_f, da_g [M] are written
-template <typename T>
+// one row backward: the gates, tanh c and c_prev [M], dh [M] the total dL/dh_t less p [M] where kProduct (p: the
+// step's product W_hh^T da_{t+1}), the total on return, dc [M] holding f_{t+1} dc_{t+1} (or dL/dc_n, or 0) on entry
+// and dc_t on return; da_o, da_i, da_f, da_g [M] are written
+template <typename T, bool kProduct>
 void backward_row(const T* __restrict o, const T* __restrict i, const T* __restrict f, const T* __restrict g,
-                  const T* __restrict tanh_c, const T* __restrict c_prev, const T* __restrict dh, T* __restrict dc,
-                  T* __restrict da_o, T* __restrict da_i, T* __restrict da_f, T* __restrict da_g, int64_t m) {
+                  const T* __restrict tanh_c, const T* __restrict c_prev, T* __restrict dh, const T* __restrict p,
+                  T* __restrict dc, T* __restrict da_o, T* __restrict da_i, T* __restrict da_f, T* __restrict da_g,
+                  int64_t m) {
   for (int64_t k = 0; k < m; ++k) {
-    const T ov = o[k], iv = i[k], fv = f[k], gv = g[k], t = tanh_c[k], d = dh[k];
+    const T ov = o[k], iv = i[k], fv = f[k], gv = g[k], t = tanh_c[k], d = kProduct ? dh[k] + p[k] : dh[k];
+    if (kProduct) dh[k] = d;
     const T dcv = dc[k] + d * ov * (T(1) - t * t);
     dc[k] = dcv;
     da_o[k] = d * t * ov * (T(1) - ov);
@@ -98,20 +104,32 @@ void carried(const T* __restrict forget_after, const T* __restrict dc_after, T* 
   for (int64_t k = 0; k < m; ++k) dc[k] = forget_after[k] * dc_after[k];
 }
 
-// one forward step: a [B, 4M] pre-activations (in place: the gates), c_prev [B, M] -> c, tanh c, h [B, M]
-template <typename T>
-void forward_elements(T* a, const T* c_prev, T* c, T* tanh_c, T* h, int64_t batch, int64_t m) {
+// one forward step: a [B, 4M] the pre-activations less p [B, 4M], the step's product, where p is not null (in place:
+// the gates), c_prev [B, M] -> c, tanh c, h [B, M]
+template <typename T, bool kProduct>
+void forward_step(T* a, const T* p, const T* c_prev, T* c, T* tanh_c, T* h, int64_t batch, int64_t m) {
   for (int64_t b = 0; b < batch; ++b) {
     T* o = a + b * 4 * m;
-    forward_row(o, o + m, o + 2 * m, o + 3 * m, c_prev + b * m, c + b * m, tanh_c + b * m, h + b * m, m);
+    forward_row<T, kProduct>(o, o + m, o + 2 * m, o + 3 * m, kProduct ? p + b * 4 * m : nullptr, c_prev + b * m,
+                             c + b * m, tanh_c + b * m, h + b * m, m);
   }
 }
 
-// one backward step: from dh (total) and the step after's forget gate and dc (null at the last step run, where
-// dc_after holds dL/dc_n or is null), dc and the pre-activations' gradient da [B, 4M]
 template <typename T>
-void backward_elements(const T* gates, const T* tanh_c, const T* c_prev, const T* dh, const T* forget_after,
-                       const T* dc_after, T* dc, T* da, int64_t batch, int64_t m) {
+void forward_elements(T* a, const T* p, const T* c_prev, T* c, T* tanh_c, T* h, int64_t batch, int64_t m) {
+  if (p != nullptr) {
+    forward_step<T, true>(a, p, c_prev, c, tanh_c, h, batch, m);
+  } else {
+    forward_step<T, false>(a, p, c_prev, c, tanh_c, h, batch, m);
+  }
+}
+
+// one backward step: from dh (the total less p [B, M], the step's product, where p is not null; the total on return)
+// and the step after's forget gate and dc (null at the last step run, where dc_after holds dL/dc_n or is null), dc and the
+// pre-activations' gradient da [B, 4M]
+template <typename T, bool kProduct>
+void backward_step(const T* gates, const T* tanh_c, const T* c_prev, T* dh, const T* p, const T* forget_after,
+                   const T* dc_after, T* dc, T* da, int64_t batch, int64_t m) {
   for (int64_t b = 0; b < batch; ++b) {
     T* dcb = dc + b * m;
     if (forget_after != nullptr) {
@@ -123,8 +141,18 @@ void backward_elements(const T* gates, const T* tanh_c, const T* c_prev, const T
     }
     const T* o = gates + b * 4 * m;
     T* d = da + b * 4 * m;
-    backward_row(o, o + m, o + 2 * m, o + 3 * m, tanh_c + b * m, c_prev + b * m, dh + b * m, dcb, d, d + m,
-                 d + 2 * m, d + 3 * m, m);
+    backward_row<T, kProduct>(o, o + m, o + 2 * m, o + 3 * m, tanh_c + b * m, c_prev + b * m, dh + b * m,
+                              kProduct ? p + b * m : nullptr, dcb, d, d + m, d + 2 * m, d + 3 * m, m);
+  }
+}
+
+template <typename T>
+void backward_elements(const T* gates, const T* tanh_c, const T* c_prev, T* dh, const T* p, const T* forget_after,
+                       const T* dc_after, T* dc, T* da, int64_t batch, int64_t m) {
+  if (p != nullptr) {
+    backward_step<T, true>(gates, tanh_c, c_prev, dh, p, forget_after, dc_after, dc, da, batch, m);
+  } else {
+    backward_step<T, false>(gates, tanh_c, c_prev, dh, p, forget_after, dc_after, dc, da, batch, m);
   }
 }
 
@@ -295,6 +323,46 @@ class GateStats {
   RowQuantiles<T> quantiles_;
 };
 
+// A step's matrix product x w^T, x [B, K] and w [N, K]: through oneDNN (torch's mkldnn::_linear_pointwise, with w
+// reordered once into oneDNN's own layout), or added in place to a row [B, N] by torch's CPU kernel (BLAS, at::cpu,
+// not through the dispatcher). For the LSTM's [B, M] x [M, 4M] products oneDNN measured 2-2.6x faster than torch's
+// BLAS at M = 256-512 (float32, on this project's AVX-512 CPU); at M = 64 its cost per call is the larger.
+class Product {
+ public:
+  Product(const at::Tensor& w, int64_t batch, bool onednn) : onednn_(onednn) {
+    TORCH_CHECK(!onednn || w.scalar_type() == at::kFloat, "gradscope's LSTM kernel takes its products through oneDNN ",
+                "in float32 only, got ", w.scalar_type());
+    if (onednn_) {
+      static const auto reorder = c10::Dispatcher::singleton()
+                                      .findSchemaOrThrow("mkldnn::_reorder_linear_weight", "")
+                                      .typed<at::Tensor(const at::Tensor&, std::optional<int64_t>)>();
+      w_ = reorder.call(w.contiguous(), batch);
+    } else {
+      w_ = w.t();
+    }
+  }
+
+  // through oneDNN: x w^T (valid until the next call); through BLAS: null, row += x w^T
+  template <typename T>
+  const T* add(const at::Tensor& x, at::Tensor& row) {
+    if (!onednn_) {
+      at::cpu::addmm_(row, x, w_);
+      return nullptr;
+    }
+    static const auto linear =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+                              c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>)>();
+    out_ = linear.call(x, w_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+    return out_.const_data_ptr<T>();
+  }
+
+ private:
+  bool onednn_;
+  at::Tensor w_, out_;
+};
+
 void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type() && t.is_contiguous(), "gradscope's LSTM ",
               "kernel takes contiguous CPU tensors of one dtype; ", name, " is not");
@@ -314,11 +382,11 @@ void check_stats(const at::Tensor& stats, const at::Tensor& like, int64_t rows, 
 // elements are reached by pointer: per step, calls through the dispatcher and views cost as much as M = 64's work.
 void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
                   at::Tensor h, at::Tensor c, at::Tensor tanh_c, bool reverse, std::optional<at::Tensor> stats,
-                  at::ArrayRef<double> middle, at::ArrayRef<double> reach) {
+                  at::ArrayRef<double> middle, at::ArrayRef<double> reach, bool onednn) {
   const int64_t steps = gates.size(0), batch = gates.size(1), m = h.size(2);
   for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&h, "h"}, {&c, "c"}, {&tanh_c, "tanh_c"}})
     check(*t, gates, name);
-  const at::Tensor w_t = w_hh.t(), h_first = h0.contiguous(), c_first = c0.contiguous();
+  const at::Tensor h_first = h0.contiguous(), c_first = c0.contiguous();
   check(c_first, gates, "c0");
   std::vector<at::Tensor> rows = gates.view({steps, batch, 4 * m}).unbind(0);  // views made once, not per step
   const std::vector<at::Tensor> hs = h.unbind(0);
@@ -332,14 +400,15 @@ void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0
     scalar_t* st = stats ? stats->data_ptr<scalar_t>() : nullptr;
     GateStats<scalar_t> gate_stats(m, middle.vec(), reach.vec());
     NormStats<scalar_t> norms(batch);
+    Product recurrent(w_hh, batch, onednn);
     const at::Tensor* h_prev = &h_first;
     const scalar_t* c_prev = c_first.const_data_ptr<scalar_t>();
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = reverse ? steps - 1 - s : s, offset = t * batch * m;
       at::Tensor& row = rows[t];
-      at::cpu::addmm_(row, *h_prev, w_t);
+      const scalar_t* p = recurrent.add<scalar_t>(*h_prev, row);
       scalar_t* a = row.data_ptr<scalar_t>();
-      forward_elements<scalar_t>(a, c_prev, cs + offset, tanh_cs + offset, h_all + offset, batch, m);
+      forward_elements<scalar_t>(a, p, c_prev, cs + offset, tanh_cs + offset, h_all + offset, batch, m);
       if (st != nullptr) {  // while the step's values are in cache
         gate_stats.add(a, m, 4 * m, batch, st + t * 5, steps * 5);
         norms.add(h_all + offset, m, m, st + (4 * steps + t) * 5);
@@ -358,7 +427,7 @@ void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0
 // with stats [2, T, 5], the statistics of the norms of the total dh and of dc, as each step is computed.
 void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, const at::Tensor& c0,
                    const at::Tensor& w_hh, const std::optional<at::Tensor>& grad_cn, at::Tensor dh, at::Tensor dc,
-                   at::Tensor da, bool reverse, std::optional<at::Tensor> stats) {
+                   at::Tensor da, bool reverse, std::optional<at::Tensor> stats, bool onednn) {
   const int64_t steps = gates.size(0), batch = gates.size(1), m = dh.size(2);
   for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&c, "c"}, {&tanh_c, "tanh_c"}, {&dh, "dh"},
                                 {&dc, "dc"}, {&da, "da"}})
@@ -373,6 +442,7 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_backward", [&] {
     scalar_t* st = stats ? stats->data_ptr<scalar_t>() : nullptr;
     NormStats<scalar_t> norms(batch);
+    Product recurrent(w_hh.t(), batch, onednn);
     const scalar_t *gate_all = gates.const_data_ptr<scalar_t>(), *cs = c.const_data_ptr<scalar_t>();
     const scalar_t* tanh_cs = tanh_c.const_data_ptr<scalar_t>();
     scalar_t *dcs = dc.data_ptr<scalar_t>(), *das = da.data_ptr<scalar_t>(), *dh_all = dh.data_ptr<scalar_t>();
@@ -381,12 +451,12 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = reverse ? steps - 1 - s : s;
       const int64_t before = reverse ? t + 1 : t - 1;
-      if (after >= 0) at::cpu::addmm_(dhs[t], da_rows[after], w_hh);
+      const scalar_t* p = after >= 0 ? recurrent.add<scalar_t>(da_rows[after], dhs[t]) : nullptr;
       const scalar_t* c_prev = before < 0 || before >= steps ? c_first.const_data_ptr<scalar_t>() : cs + before * state;
       const scalar_t* forget_after = after >= 0 ? gate_all + after * row + 2 * m : nullptr;
       const scalar_t* dc_after = after >= 0 ? dcs + after * state : dc_n ? dc_n->const_data_ptr<scalar_t>() : nullptr;
-      backward_elements<scalar_t>(gate_all + t * row, tanh_cs + t * state, c_prev, dh_all + t * state, forget_after,
-                                  dc_after, dcs + t * state, das + t * row, batch, m);
+      backward_elements<scalar_t>(gate_all + t * row, tanh_cs + t * state, c_prev, dh_all + t * state, p,
+                                  forget_after, dc_after, dcs + t * state, das + t * row, batch, m);
       if (st != nullptr) {
         norms.add(dh_all + t * state, m, m, st + t * 5);
         norms.add(dcs + t * state, m, m, st + (steps + t) * 5);
@@ -444,10 +514,11 @@ at::Tensor gates_stats(const at::Tensor& values, at::ArrayRef<double> middle, at
 TORCH_LIBRARY(gradscope, lib) {
   lib.def(
       "lstm_forward(Tensor(a!) gates, Tensor w_hh, Tensor h0, Tensor c0, Tensor(b!) h, Tensor(c!) c, "
-      "Tensor(d!) tanh_c, bool reverse, Tensor(e!)? stats=None, float[] middle=[], float[] reach=[]) -> ()");
+      "Tensor(d!) tanh_c, bool reverse, Tensor(e!)? stats=None, float[] middle=[], float[] reach=[], "
+      "bool onednn=False) -> ()");
   lib.def(
       "lstm_backward(Tensor gates, Tensor c, Tensor tanh_c, Tensor c0, Tensor w_hh, Tensor? grad_cn, "
-      "Tensor(a!) dh, Tensor(b!) dc, Tensor(c!) da, bool reverse, Tensor(d!)? stats=None) -> ()");
+      "Tensor(a!) dh, Tensor(b!) dc, Tensor(c!) da, bool reverse, Tensor(d!)? stats=None, bool onednn=False) -> ()");
   lib.def("norm_stats(Tensor values) -> Tensor");
   lib.def("gates_stats(Tensor values, float[] middle, float[] reach) -> Tensor");
 }

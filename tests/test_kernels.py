@@ -15,23 +15,31 @@ from gradscope import kernels, native, trace
 from gradscope.cells import GATE_NAMES
 from gradscope.kernels import GATE_ORDER, run_sequence
 
-# (cell, torch.nn options[, "torch-ops"]); the LSTM twice: on its compiled loop (where that builds) and, marked
-# "torch-ops", on its loop in torch's operations
+# (cell, torch.nn options[, "torch-ops" | "onednn"]); the LSTM three times: on its compiled loop (where that builds),
+# marked "torch-ops" on its loop in torch's operations, marked "onednn" on its compiled loop with each step's product
+# through oneDNN whatever the width (in float32: float64's stay with BLAS)
 CASES = [
     ("rnn", {}),
     ("rnn", {"nonlinearity": "relu"}),
     ("gru", {}),
     ("lstm", {}),
     ("lstm", {}, "torch-ops"),
+    ("lstm", {}, "onednn"),
 ]
 
 
 @pytest.fixture(autouse=True)
-def _torch_ops(request, monkeypatch):
-    """A case marked "torch-ops" runs the LSTM's loop in torch's operations, not the compiled kernel."""
+def _lstm_path(request, monkeypatch):
+    """A case marked "torch-ops" runs the LSTM's loop in torch's operations, not the compiled kernel; one marked
+    "onednn" takes the compiled kernel's step products through oneDNN at any width (by default from M = 128)."""
     callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and "torch-ops" in callspec.params.get("case", ())[2:]:
+    marks = callspec.params.get("case", ())[2:] if callspec is not None else ()
+    if "torch-ops" in marks:
         monkeypatch.setattr(kernels, "native_ops", lambda x: None)
+    if "onednn" in marks:
+        if native.ops(torch.zeros(1)) is None or not native.onednn(torch.zeros(1)):
+            pytest.skip("the compiled loops or torch's oneDNN are not on this machine")
+        monkeypatch.setattr(kernels, "_ONEDNN_WIDTH", 1)
 
 
 def _id(case):
@@ -345,3 +353,63 @@ def test_the_compiled_lstm_saturates_and_propagates_nan_as_torch_s(dtype, monkey
     assert torch.isnan(got[0][2:, 2]).all() and not torch.isnan(got[0][:, :2]).any()
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, **TOL[dtype], equal_nan=True)
+
+
+def test_wide_lstms_take_their_step_products_through_onednn_with_torch_nn_s_results(monkeypatch):
+    """From M = 128 (float32), without forcing: the choice is made in both directions, and the results are
+    torch.nn's."""
+    if native.ops(torch.zeros(1)) is None or not native.onednn(torch.zeros(1)):
+        pytest.skip("the compiled loops or torch's oneDNN are not on this machine")
+    chosen = []
+    choose = kernels._steps_onednn
+    monkeypatch.setattr(kernels, "_steps_onednn", lambda x, width: chosen.append(choose(x, width)) or chosen[-1])
+    width = kernels._ONEDNN_WIDTH
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(3, width)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    h0, c0 = torch.randn(2, width), torch.randn(2, width)
+    leaves = [x, *module.parameters()]
+    out, (h_n, c_n) = module(x, (h0[None], c0[None]))
+    expected = [out, h_n[0], c_n[0], *torch.autograd.grad(_loss(out, h_n[0], c_n[0]), leaves)]
+    got = list(_run(module, x, h0, c0))
+    got += torch.autograd.grad(_loss(*got), leaves)
+    assert chosen == [True, True]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's, on setting the flags
+def test_onednn_takes_only_float32_on_the_cpu_where_torch_has_it_enabled():
+    assert not native.onednn(torch.zeros(1, dtype=torch.float64))
+    assert not native.onednn(torch.zeros(1, dtype=torch.bfloat16))
+    assert not native.onednn(torch.zeros(1, device="meta"))
+    assert native.onednn(torch.zeros(1)) == torch.backends.mkldnn.is_available()
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not native.onednn(torch.zeros(1))
+    assert not kernels._steps_onednn(torch.zeros(1), kernels._ONEDNN_WIDTH - 1)
+
+
+def test_the_compiled_lstm_refuses_onednn_products_in_float64():
+    ops = native.ops(torch.zeros(1, dtype=torch.float64))
+    if ops is None:
+        pytest.skip("the compiled loops do not build on this machine")
+    gates, w_hh, state = torch.zeros(2, 1, 4, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64), None
+    h, c, tanh_c, state = (torch.zeros(2, 1, 1, dtype=torch.float64) for _ in range(4))
+    with pytest.raises(RuntimeError, match="through oneDNN in float32 only, got Double"):
+        ops.lstm_forward(gates, w_hh, state[0], state[0], h, c, tanh_c, False, None, [], [], True)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize(("shape", "width"), [((7, 3, 1), 12), ((4, 5, 8), 2), ((0, 3, 8), 4), ((3, 2, 9), 1)])
+def test_projections_are_the_product_whichever_library_takes_them(shape, width, bias):
+    """``_project`` (oneDNN in float32 on the CPU, where torch has it) against float64's BLAS; x also strided."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape[:2], 2 * shape[2])[..., ::2]  # every other column: not contiguous
+    weight, b = torch.randn(width, shape[2]), torch.randn(width) if bias else None
+    expected = x.double() @ weight.double().t() + (0 if b is None else b.double())
+    got = kernels._project(x, weight, b)
+    assert got.shape == (*shape[:2], width) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, **TOL[torch.float32])
+    with torch.backends.mkldnn.flags(enabled=False):
+        torch.testing.assert_close(kernels._project(x, weight, b).double(), expected, **TOL[torch.float32])
