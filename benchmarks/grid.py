@@ -328,6 +328,12 @@ def _summary_header() -> list[str]:
     ]
 
 
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown model")
+
+
 def _commit() -> str:
     """The checkout's commit, marked when the library or the benchmarks' code differ from it; "unknown"
     outside a git checkout."""
@@ -430,7 +436,11 @@ def main() -> None:
         Point(*values) for values in product(args.cells, args.layers, args.batch, args.steps, args.input, args.hidden)
     ]
     grid.sort(key=_work)  # cheapest first: an interrupted run has every cell at the smaller sizes
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    # the CPU's model and vector instructions: torch.nn's oneDNN kernels and torch's BLAS differ most between CPUs
+    machine = (
+        f"{platform.processor() or platform.machine()} ({_cpu_model()}, {torch.backends.cpu.get_cpu_capability()}), "
+        f"{os.cpu_count()} CPUs"
+    )
     device_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     run = [
         f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",

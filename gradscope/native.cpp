@@ -2,9 +2,9 @@
 //
 // The LSTM's step loops (tanh/tanh): the equations are those of gradscope/kernels.py's LSTMSequence, whose torch
 // loop they replace. Each step is one matrix product (see Product: oneDNN's or BLAS's) and one pass over the step's
-// elements, where torch's operations take seven (forward) or five (backward) passes, each with its own call. Gates are in the rows
-// (o, i, f, g). float32's sigmoid and tanh are Cephes' single-precision approximations (relative error below
-// 2e-7), written without branches so that the compiler vectorises them; NaN propagates as in torch.
+// elements, where torch's operations take seven (forward) or five (backward) passes, each with its own call. Gates
+// are in the rows (o, i, f, g). float32's sigmoid and tanh are Cephes' single-precision approximations (relative
+// error below 2e-7), written without branches so that the compiler vectorises them; NaN propagates as in torch.
 //
 // Summary recording's per-step statistics: those of gradscope/trace.py's norm_stats, stats_of_norms and
 // gates_stats, whose torch operations they replace, in one pass over the values.
@@ -124,9 +124,9 @@ void forward_elements(T* a, const T* p, const T* c_prev, T* c, T* tanh_c, T* h, 
   }
 }
 
-// one backward step: from dh (the total less p [B, M], the step's product, where p is not null; the total on return)
-// and the step after's forget gate and dc (null at the last step run, where dc_after holds dL/dc_n or is null), dc and the
-// pre-activations' gradient da [B, 4M]
+// one backward step: from dh (the total less p [B, M], the step's product, where p is not null; the total on
+// return) and the step after's forget gate and dc (null at the last step run, where dc_after holds dL/dc_n or is
+// null), dc and the pre-activations' gradient da [B, 4M]
 template <typename T, bool kProduct>
 void backward_step(const T* gates, const T* tanh_c, const T* c_prev, T* dh, const T* p, const T* forget_after,
                    const T* dc_after, T* dc, T* da, int64_t batch, int64_t m) {
@@ -378,8 +378,8 @@ void check_stats(const at::Tensor& stats, const at::Tensor& like, int64_t rows, 
 // h, c, tanh_c [T, B, M] are written. Steps run from the last to the first where reverse; every tensor is in time
 // order. With stats [6, T, 5], summary recording's statistics are written there as each step is computed: the
 // gates' (o, i, f, g; saturated beyond reach[g] from middle[g], see GateStats), then h's and c's norms'. A step's
-// product goes straight to torch's CPU kernel (at::cpu, not through the dispatcher), and its
-// elements are reached by pointer: per step, calls through the dispatcher and views cost as much as M = 64's work.
+// product is oneDNN's where onednn (float32 only), else BLAS's (see Product); its elements are reached by pointer:
+// per step, calls through the dispatcher and views cost as much as M = 64's work.
 void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
                   at::Tensor h, at::Tensor c, at::Tensor tanh_c, bool reverse, std::optional<at::Tensor> stats,
                   at::ArrayRef<double> middle, at::ArrayRef<double> reach, bool onednn) {
