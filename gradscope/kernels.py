@@ -62,9 +62,10 @@ _LSTM_ROWS = (3, 0, 1, 2)
 _LSTM_SATURATION = saturation_bounds([ACTIVATION_RANGES["sigmoid"]] * 3 + [ACTIVATION_RANGES["tanh"]])
 # the rows of the compiled LSTM's forward statistics: its gates in its order, then h and c
 _LSTM_STATS = (*(name for _, name in sorted(zip(GATE_ORDER["lstm"], GATE_NAMES["lstm"], strict=True))), "h", "c")
-# the smallest M at which the compiled LSTM's step products go through oneDNN, not BLAS: at M = 128 it measured
-# 0.8-0.95x BLAS's time, at M = 64 1.5x (float32, 2 cores)
-_ONEDNN_WIDTH = 128
+# the smallest M at which the compiled LSTM's step products go through oneDNN (float32, all rows on one thread) rather
+# than its own AVX-512 tiles or BLAS (rows split among threads). On 2 cores, B 32, T 100, against the tiles: at M = 128
+# 1.7-1.9x their time, at M = 256 about the same, at M = 512 0.6-0.8x (see native.cpp's Recurrent).
+_ONEDNN_WIDTH = 256
 
 Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
 
@@ -150,14 +151,22 @@ def _recurrent_weight_grad(h0: Tensor, h: Tensor, d: Tensor, reverse: bool, low:
     r""":math:`\sum_t \delta_t h_{t-1}^T` over the steps ``low .. low + len(d) - 1`` that ``d`` holds (all by
     default), :math:`h_{t-1}` the state before step t as run: ``[R, M]``."""
     high = low + d.shape[0]
+    first = h.shape[0] - 1 if reverse else 0
     if reverse:  # before step t: h[t + 1], or h0 for the last step (run first)
         before = h[low + 1 : high + 1]
         inner = d[: before.shape[0]]
     else:
         before = h[max(low - 1, 0) : high - 1]
         inner = d[d.shape[0] - before.shape[0] :]
+    if onednn(d) and d.numel() > 0:
+        # oneDNN's inner product's weight gradient, on copies in its layout: 0.5-0.7x BLAS's time at M = 64-512
+        # (B 32, T 100-256, 2 cores), the copies included; h0 in its place among the states
+        if low <= first < high:
+            before = torch.cat([before, h0[None]] if reverse else [h0[None], before])
+        flat_d, flat_h = d.reshape(-1, d.shape[-1]).contiguous(), before.reshape(-1, h.shape[-1]).contiguous()
+        like = flat_d.new_empty(flat_d.shape[1], flat_h.shape[1])  # the weight: torch's op takes its dtype
+        return torch.ops.aten.mkldnn_linear_backward_weights(flat_d.to_mkldnn(), flat_h.to_mkldnn(), like, False)[0]
     grad = inner.reshape(-1, d.shape[-1]).t().mm(before.reshape(-1, h.shape[-1]))
-    first = h.shape[0] - 1 if reverse else 0
     return grad.addmm_(d[first - low].t(), h0) if low <= first < high else grad
 
 

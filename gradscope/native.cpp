@@ -9,13 +9,20 @@
 // Summary recording's per-step statistics: those of gradscope/trace.py's norm_stats, stats_of_norms and
 // gates_stats, whose torch operations they replace, in one pass over the values.
 //
-// The loops run on one thread (the matrix products on torch's threads). Built with OpenMP, so that at::parallel_for
-// splits a step's rows, the LSTM's forward measured 10 % slower on 2 cores: a step's elements are too few.
+// A batch's sequences are independent: the LSTM's loops split the batch's rows among torch's threads once per call
+// (at::parallel_for; built with OpenMP where native.py can), each thread running every step of its rows, with no
+// wait between steps (split per step instead, the forward measured 10 % slower than one thread). Where the products
+// go through oneDNN, one thread runs the steps and oneDNN's product uses the others.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/addmm_cpu_dispatch.h>
 #include <torch/library.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +30,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -323,13 +331,62 @@ class GateStats {
   RowQuantiles<T> quantiles_;
 };
 
-// A step's matrix product x w^T, x [B, K] and w [N, K]: through oneDNN (torch's mkldnn::_linear_pointwise, with w
-// reordered once into oneDNN's own layout), or added in place to a row [B, N] by torch's CPU kernel (BLAS, at::cpu,
-// not through the dispatcher). For the LSTM's [B, M] x [M, 4M] products oneDNN measured 2-2.6x faster than torch's
-// BLAS at M = 256-512 (float32, on this project's AVX-512 CPU); at M = 64 its cost per call is the larger.
-class Product {
+#if defined(__AVX512F__)
+// out [R, N] += x [R, K] w [K, N] for 16 V of out's columns (x, w, out row-major; w and out from those columns): the
+// R x V accumulators stay in registers (R = 4, V = 4: 16 of 32), each of w's rows loaded once for the R rows of x
+template <int R, int V>
+inline void tile(const float* __restrict x, int64_t k, const float* __restrict w, int64_t n, float* __restrict out) {
+  __m512 acc[R][V];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_loadu_ps(out + r * n + 16 * v);
+  for (int64_t q = 0; q < k; ++q) {
+    __m512 wq[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) wq[v] = _mm512_loadu_ps(w + q * n + 16 * v);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m512 xr = _mm512_set1_ps(x[r * k + q]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(xr, wq[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + r * n + 16 * v, acc[r][v]);
+}
+
+template <int R>
+void tile_columns(const float* x, int64_t k, const float* w, int64_t n, float* out) {
+  int64_t col = 0;
+  for (; col + 64 <= n; col += 64) tile<R, 4>(x, k, w + col, n, out + col);
+  for (; col < n; col += 16) tile<R, 1>(x, k, w + col, n, out + col);
+}
+
+// out [rows, N] += x [rows, K] w [K, N], row-major; N a multiple of 16
+void add_product(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* out) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) tile_columns<4>(x + r * k, k, w, n, out + r * n);
+  for (; r < rows; ++r) tile_columns<1>(x + r * k, k, w, n, out + r * n);
+}
+#endif
+
+// A step's matrix product x w^T for rows of x [B, K] (row-major), w [N, K], in one of three ways:
+// - oneDNN (torch's mkldnn::_linear_pointwise, w reordered once into oneDNN's layout), for all B rows at once,
+//   float32: x w^T is handed back, its own tensor. On this project's AVX-512 CPU, 2-2.6x torch's BLAS at
+//   M = 256-512, but about 10 us a call: at M = 64 slower than BLAS.
+// - The AVX-512 tiles above (where the build has them), float32 and N a multiple of 16: added in place to out.
+//   torch's BLAS (MKL) ran this CPU's products at about 190 GFLOP/s against oneDNN's 500 (B 64, M 512).
+// - torch's CPU kernel (BLAS, at::cpu::addmm_, not through the dispatcher): added in place to out.
+// Rows may be taken on separate threads, except through oneDNN (see split). Which: kernels.py's _ONEDNN_WIDTH.
+template <typename T>
+class Recurrent {
  public:
-  Product(const at::Tensor& w, int64_t batch, bool onednn) : onednn_(onednn) {
+  Recurrent(const at::Tensor& w, int64_t batch, bool onednn)
+      : onednn_(onednn), tiles_(!onednn && kTiles && std::is_same_v<T, float> && w.size(0) % 16 == 0),
+        n_(w.size(0)), k_(w.size(1)) {
     TORCH_CHECK(!onednn || w.scalar_type() == at::kFloat, "gradscope's LSTM kernel takes its products through oneDNN ",
                 "in float32 only, got ", w.scalar_type());
     if (onednn_) {
@@ -338,30 +395,61 @@ class Product {
                                       .typed<at::Tensor(const at::Tensor&, std::optional<int64_t>)>();
       w_ = reorder.call(w.contiguous(), batch);
     } else {
-      w_ = w.t();
+      w_ = tiles_ ? w.t().contiguous() : w.t();  // [K, N]
     }
   }
 
-  // through oneDNN: x w^T (valid until the next call); through BLAS: null, row += x w^T
-  template <typename T>
-  const T* add(const at::Tensor& x, at::Tensor& row) {
-    if (!onednn_) {
-      at::cpu::addmm_(row, x, w_);
-      return nullptr;
+  // whether rows may be taken on separate threads
+  bool split() const { return !onednn_; }
+
+  // x [rows, K] w^T: through oneDNN handed back (valid until the next call), else added to out [rows, N] (null back)
+  const T* add(const T* x, T* out, int64_t rows) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (tiles_) {
+        add_product(x, rows, k_, w_.const_data_ptr<float>(), n_, out);
+        return nullptr;
+      }
     }
-    static const auto linear =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
-            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
-                              c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>)>();
-    out_ = linear.call(x, w_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
-    return out_.const_data_ptr<T>();
+#endif
+    const auto options = w_.options().layout(at::kStrided);
+    const at::Tensor x_rows = at::from_blob(const_cast<T*>(x), {rows, k_}, options);
+    if (onednn_) {
+      static const auto linear =
+          c10::Dispatcher::singleton()
+              .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                c10::string_view, c10::List<std::optional<at::Scalar>>,
+                                std::optional<c10::string_view>)>();
+      out_ = linear.call(x_rows, w_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+      return out_.const_data_ptr<T>();
+    }
+    at::Tensor out_rows = at::from_blob(out, {rows, n_}, options);
+    at::cpu::addmm_(out_rows, x_rows, w_);
+    return nullptr;
   }
 
  private:
-  bool onednn_;
+#if defined(__AVX512F__)
+  static constexpr bool kTiles = true;
+#else
+  static constexpr bool kTiles = false;
+#endif
+  bool onednn_, tiles_;
+  int64_t n_, k_;
   at::Tensor w_, out_;
 };
+
+// runs f(lo, hi) on rows [0, batch): split among torch's threads where split, else on this one
+template <typename F>
+void over_rows(int64_t batch, bool split, const F& f) {
+  constexpr int64_t kRows = 4;  // the fewest rows a thread takes
+  if (split) {
+    at::parallel_for(0, batch, kRows, f);
+  } else {
+    f(0, batch);
+  }
+}
 
 void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type() && t.is_contiguous(), "gradscope's LSTM ",
@@ -376,10 +464,9 @@ void check_stats(const at::Tensor& stats, const at::Tensor& like, int64_t rows, 
 
 // gates [T, B, 4M] (or [T, B, 4, M]): W_ih x_t + b on entry, the gates on return; w_hh [4M, M]; h0, c0 [B, M];
 // h, c, tanh_c [T, B, M] are written. Steps run from the last to the first where reverse; every tensor is in time
-// order. With stats [6, T, 5], summary recording's statistics are written there as each step is computed: the
+// order. With stats [6, T, 5], summary recording's statistics are written there once every step is computed: the
 // gates' (o, i, f, g; saturated beyond reach[g] from middle[g], see GateStats), then h's and c's norms'. A step's
-// product is oneDNN's where onednn (float32 only), else BLAS's (see Product); its elements are reached by pointer:
-// per step, calls through the dispatcher and views cost as much as M = 64's work.
+// product: see Recurrent (onednn: through oneDNN, float32 only); its elements are reached by pointer.
 void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0, const at::Tensor& c0,
                   at::Tensor h, at::Tensor c, at::Tensor tanh_c, bool reverse, std::optional<at::Tensor> stats,
                   at::ArrayRef<double> middle, at::ArrayRef<double> reach, bool onednn) {
@@ -387,44 +474,48 @@ void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0
   for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&h, "h"}, {&c, "c"}, {&tanh_c, "tanh_c"}})
     check(*t, gates, name);
   const at::Tensor h_first = h0.contiguous(), c_first = c0.contiguous();
+  check(h_first, gates, "h0");
   check(c_first, gates, "c0");
-  std::vector<at::Tensor> rows = gates.view({steps, batch, 4 * m}).unbind(0);  // views made once, not per step
-  const std::vector<at::Tensor> hs = h.unbind(0);
   if (stats) {
     check_stats(*stats, gates, 6, steps);
     TORCH_CHECK(middle.size() == 4 && reach.size() == 4, "gradscope's LSTM kernel takes a middle and a reach for ",
                 "each of its 4 gates, got ", middle.size(), " and ", reach.size());
   }
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_forward", [&] {
-    scalar_t *cs = c.data_ptr<scalar_t>(), *tanh_cs = tanh_c.data_ptr<scalar_t>(), *h_all = h.data_ptr<scalar_t>();
-    scalar_t* st = stats ? stats->data_ptr<scalar_t>() : nullptr;
-    GateStats<scalar_t> gate_stats(m, middle.vec(), reach.vec());
-    NormStats<scalar_t> norms(batch);
-    Product recurrent(w_hh, batch, onednn);
-    const at::Tensor* h_prev = &h_first;
-    const scalar_t* c_prev = c_first.const_data_ptr<scalar_t>();
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = reverse ? steps - 1 - s : s, offset = t * batch * m;
-      at::Tensor& row = rows[t];
-      const scalar_t* p = recurrent.add<scalar_t>(*h_prev, row);
-      scalar_t* a = row.data_ptr<scalar_t>();
-      forward_elements<scalar_t>(a, p, c_prev, cs + offset, tanh_cs + offset, h_all + offset, batch, m);
-      if (st != nullptr) {  // while the step's values are in cache
-        gate_stats.add(a, m, 4 * m, batch, st + t * 5, steps * 5);
-        norms.add(h_all + offset, m, m, st + (4 * steps + t) * 5);
-        norms.add(cs + offset, m, m, st + (5 * steps + t) * 5);
+    scalar_t *gate_all = gates.data_ptr<scalar_t>(), *cs = c.data_ptr<scalar_t>();
+    scalar_t *tanh_cs = tanh_c.data_ptr<scalar_t>(), *h_all = h.data_ptr<scalar_t>();
+    Recurrent<scalar_t> recurrent(w_hh, batch, onednn);
+    const int64_t state = batch * m;  // a step's values in the states (4 state in the gates)
+    over_rows(batch, recurrent.split(), [&](int64_t lo, int64_t hi) {
+      const scalar_t* h_prev = h_first.const_data_ptr<scalar_t>() + lo * m;
+      const scalar_t* c_prev = c_first.const_data_ptr<scalar_t>() + lo * m;
+      for (int64_t s = 0; s < steps; ++s) {
+        const int64_t t = reverse ? steps - 1 - s : s, at = t * state + lo * m;  // step t's row lo
+        scalar_t* a = gate_all + 4 * at;
+        const scalar_t* p = recurrent.add(h_prev, a, hi - lo);
+        forward_elements<scalar_t>(a, p, c_prev, cs + at, tanh_cs + at, h_all + at, hi - lo, m);
+        h_prev = h_all + at;
+        c_prev = cs + at;
       }
-      h_prev = &hs[t];
-      c_prev = cs + offset;
+    });
+    if (stats) {
+      scalar_t* st = stats->data_ptr<scalar_t>();
+      GateStats<scalar_t> gate_stats(m, middle.vec(), reach.vec());
+      NormStats<scalar_t> norms(batch);
+      for (int64_t t = 0; t < steps; ++t) {
+        gate_stats.add(gate_all + 4 * t * state, m, 4 * m, batch, st + t * 5, steps * 5);
+        norms.add(h_all + t * state, m, m, st + (4 * steps + t) * 5);
+        norms.add(cs + t * state, m, m, st + (5 * steps + t) * 5);
+      }
+      gate_stats.flush();
+      norms.flush();
     }
-    gate_stats.flush();
-    norms.flush();
   });
 }
 
 // dh [T, B, M]: the gradient arriving at each step's output (and h_n) on entry, the total dL/dh_t on return;
 // dc [T, B, M] and da [T, B, 4M] or [T, B, 4, M] (the pre-activations' gradient, rows o, i, f, g) are written;
-// with stats [2, T, 5], the statistics of the norms of the total dh and of dc, as each step is computed.
+// with stats [2, T, 5], the statistics of the norms of the total dh and of dc, once every step is computed.
 void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, const at::Tensor& c0,
                    const at::Tensor& w_hh, const std::optional<at::Tensor>& grad_cn, at::Tensor dh, at::Tensor dc,
                    at::Tensor da, bool reverse, std::optional<at::Tensor> stats, bool onednn) {
@@ -436,34 +527,42 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
   const std::optional<at::Tensor> dc_n = grad_cn ? std::optional{grad_cn->contiguous()} : std::nullopt;
   check(c_first, gates, "c0");
   if (dc_n) check(*dc_n, gates, "grad_cn");
-  const std::vector<at::Tensor> da_rows = da.view({steps, batch, 4 * m}).unbind(0);  // views made once
-  std::vector<at::Tensor> dhs = dh.unbind(0);
   if (stats) check_stats(*stats, gates, 2, steps);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_backward", [&] {
-    scalar_t* st = stats ? stats->data_ptr<scalar_t>() : nullptr;
-    NormStats<scalar_t> norms(batch);
-    Product recurrent(w_hh.t(), batch, onednn);
     const scalar_t *gate_all = gates.const_data_ptr<scalar_t>(), *cs = c.const_data_ptr<scalar_t>();
     const scalar_t* tanh_cs = tanh_c.const_data_ptr<scalar_t>();
     scalar_t *dcs = dc.data_ptr<scalar_t>(), *das = da.data_ptr<scalar_t>(), *dh_all = dh.data_ptr<scalar_t>();
-    const int64_t state = batch * m, row = 4 * state;  // a step's values in the states and in the gates
-    int64_t after = -1;  // the step run after this one, if any
-    for (int64_t s = steps - 1; s >= 0; --s) {
-      const int64_t t = reverse ? steps - 1 - s : s;
-      const int64_t before = reverse ? t + 1 : t - 1;
-      const scalar_t* p = after >= 0 ? recurrent.add<scalar_t>(da_rows[after], dhs[t]) : nullptr;
-      const scalar_t* c_prev = before < 0 || before >= steps ? c_first.const_data_ptr<scalar_t>() : cs + before * state;
-      const scalar_t* forget_after = after >= 0 ? gate_all + after * row + 2 * m : nullptr;
-      const scalar_t* dc_after = after >= 0 ? dcs + after * state : dc_n ? dc_n->const_data_ptr<scalar_t>() : nullptr;
-      backward_elements<scalar_t>(gate_all + t * row, tanh_cs + t * state, c_prev, dh_all + t * state, p,
-                                  forget_after, dc_after, dcs + t * state, das + t * row, batch, m);
-      if (st != nullptr) {
+    Recurrent<scalar_t> recurrent(w_hh.t(), batch, onednn);
+    const int64_t state = batch * m;  // a step's values in the states (4 state in the gates)
+    over_rows(batch, recurrent.split(), [&](int64_t lo, int64_t hi) {
+      const int64_t rows = hi - lo, first = lo * m;  // row lo of a step's states
+      int64_t after = -1;                            // the step run after this one, if any
+      for (int64_t s = steps - 1; s >= 0; --s) {
+        const int64_t t = reverse ? steps - 1 - s : s;
+        const int64_t before = reverse ? t + 1 : t - 1;
+        scalar_t* dh_t = dh_all + t * state + first;
+        const scalar_t* p = after >= 0 ? recurrent.add(das + 4 * (after * state + first), dh_t, rows) : nullptr;
+        const scalar_t* c_prev =
+            (before < 0 || before >= steps ? c_first.const_data_ptr<scalar_t>() : cs + before * state) + first;
+        const scalar_t* forget_after = after >= 0 ? gate_all + 4 * (after * state + first) + 2 * m : nullptr;
+        const scalar_t* dc_after = after >= 0 ? dcs + after * state + first
+                                   : dc_n     ? dc_n->const_data_ptr<scalar_t>() + first
+                                              : nullptr;
+        backward_elements<scalar_t>(gate_all + 4 * (t * state + first), tanh_cs + t * state + first, c_prev, dh_t, p,
+                                    forget_after, dc_after, dcs + t * state + first,
+                                    das + 4 * (t * state + first), rows, m);
+        after = t;
+      }
+    });
+    if (stats) {
+      scalar_t* st = stats->data_ptr<scalar_t>();
+      NormStats<scalar_t> norms(batch);
+      for (int64_t t = 0; t < steps; ++t) {
         norms.add(dh_all + t * state, m, m, st + t * 5);
         norms.add(dcs + t * state, m, m, st + (steps + t) * 5);
       }
-      after = t;
+      norms.flush();
     }
-    norms.flush();
   });
 }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,18 @@ def _build() -> Any | None:
         return None
     # the machine's own vector instructions (the build is cached per machine); -march=native is x86's spelling
     flags = [*_FLAGS, "-march=native"] if platform.machine().lower() in ("x86_64", "amd64") else _FLAGS
+    # OpenMP, as torch's own build on Linux (torch's libgomp is the one loaded), for at::parallel_for's threads
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
     try:
         from torch.utils import cpp_extension
 
-        cpp_extension.load(name="gradscope_native", sources=[str(_SOURCE)], extra_cflags=flags, is_python_module=False)
+        cpp_extension.load(
+            name="gradscope_native",
+            sources=[str(_SOURCE)],
+            extra_cflags=[*flags, *openmp],
+            extra_ldflags=openmp,
+            is_python_module=False,
+        )
     except Exception as error:  # a missing compiler, ninja or header: whatever fails, torch's operations stand in
         reason = str(error).strip().splitlines()
         warnings.warn(

@@ -413,3 +413,33 @@ def test_projections_are_the_product_whichever_library_takes_them(shape, width, 
     torch.testing.assert_close(got.double(), expected, **TOL[torch.float32])
     with torch.backends.mkldnn.flags(enabled=False):
         torch.testing.assert_close(kernels._project(x, weight, b).double(), expected, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("batch", "width"), [(9, 16), (13, 20), (6, 4), (8, 32), (3, 16)])
+def test_the_compiled_lstm_splits_its_batch_among_threads_with_torch_nn_s_results(batch, width, dtype, reverse):
+    """Widths whose products take the AVX-512 tiles (where the build has them: 4M and M multiples of 16, or 4M only)
+    and batches split among two threads or not: torch.nn's outputs and gradients, and the same on one thread."""
+    if native.ops(torch.zeros(1)) is None:
+        pytest.skip("the compiled loops do not build on this machine")
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(3, width, dtype=dtype)
+    x = torch.randn(6, batch, 3, dtype=dtype, requires_grad=True)
+    h0, c0 = (torch.randn(batch, width, dtype=dtype, requires_grad=True) for _ in range(2))
+    leaves = [x, h0, c0, *module.parameters()]
+    out, (h_n, c_n) = module(x.flip(0) if reverse else x, (h0[None], c0[None]))
+    outputs = [out.flip(0) if reverse else out, h_n[0], c_n[0]]
+    expected = outputs + list(torch.autograd.grad(_loss(*outputs), leaves))
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            got = list(_run(module, x, h0, c0, reverse))
+            runs.append(got + list(torch.autograd.grad(_loss(*got), leaves)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, one in zip(runs[0], expected, runs[1], strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+        torch.testing.assert_close(a, one, **TOL[dtype])
