@@ -64,7 +64,7 @@ _LSTM_SATURATION = saturation_bounds([ACTIVATION_RANGES["sigmoid"]] * 3 + [ACTIV
 _LSTM_STATS = (*(name for _, name in sorted(zip(GATE_ORDER["lstm"], GATE_NAMES["lstm"], strict=True))), "h", "c")
 # the smallest M at which the compiled LSTM's step products go through oneDNN (float32, all rows on one thread) rather
 # than its own AVX-512 tiles or BLAS (rows split among threads). On 2 cores, B 32, T 100, against the tiles: at M = 128
-# 1.7-1.9x their time, at M = 256 about the same, at M = 512 0.6-0.8x (see native.cpp's Recurrent).
+# 1.7-1.8x their time, at M = 256 0.9-1.1x, at M = 512 0.6x forward and 0.6-1.1x backward (native.cpp's Recurrent).
 _ONEDNN_WIDTH = 256
 
 Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
@@ -129,7 +129,7 @@ def _project(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _steps_onednn(x: Tensor, width: int) -> bool:
-    """Whether the compiled LSTM's step products go through oneDNN (see native.cpp's ``Product``)."""
+    """Whether the compiled LSTM's step products go through oneDNN (see native.cpp's ``Recurrent``)."""
     return width >= _ONEDNN_WIDTH and onednn(x)
 
 
@@ -147,9 +147,12 @@ def _input_weight_grad(x: Tensor, d: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1]).t().mm(d.reshape(-1, d.shape[-1])).t()
 
 
-def _recurrent_weight_grad(h0: Tensor, h: Tensor, d: Tensor, reverse: bool, low: int = 0) -> Tensor:
+def _recurrent_weight_grad(
+    h0: Tensor, h: Tensor, d: Tensor, reverse: bool, low: int = 0, *, copies: bool = False
+) -> Tensor:
     r""":math:`\sum_t \delta_t h_{t-1}^T` over the steps ``low .. low + len(d) - 1`` that ``d`` holds (all by
-    default), :math:`h_{t-1}` the state before step t as run: ``[R, M]``."""
+    default), :math:`h_{t-1}` the state before step t as run: ``[R, M]``. With ``copies``, oneDNN may take the
+    product on copies of ``d`` and the states in its layout: faster, and as much memory again as they take."""
     high = low + d.shape[0]
     first = h.shape[0] - 1 if reverse else 0
     if reverse:  # before step t: h[t + 1], or h0 for the last step (run first)
@@ -158,9 +161,10 @@ def _recurrent_weight_grad(h0: Tensor, h: Tensor, d: Tensor, reverse: bool, low:
     else:
         before = h[max(low - 1, 0) : high - 1]
         inner = d[d.shape[0] - before.shape[0] :]
-    if onednn(d) and d.numel() > 0:
-        # oneDNN's inner product's weight gradient, on copies in its layout: 0.5-0.7x BLAS's time at M = 64-512
-        # (B 32, T 100-256, 2 cores), the copies included; h0 in its place among the states
+    if copies and onednn(d) and d.numel() > 0:
+        # oneDNN's inner product's weight gradient: 0.5-0.7x BLAS's time at M = 64-512 (B 32, T 100-256, 2 cores),
+        # the copies included. Beside the RNN's and GRU's small training steps the copies showed in the peak memory
+        # (summary-recorded step d1/d0 up to 2.1 and 1.6, at 23ed4b6): the LSTM's only. h0 in its place.
         if low <= first < high:
             before = torch.cat([before, h0[None]] if reverse else [h0[None], before])
         flat_d, flat_h = d.reshape(-1, d.shape[-1]).contiguous(), before.reshape(-1, h.shape[-1]).contiguous()
@@ -388,7 +392,7 @@ class LSTMSequence(torch.autograd.Function):
             gates = _lstm_forward_loop(x, h0, c0, w_ih, w_hh, bias, h, c, tanh_c, reverse)
         else:
             gates = _project(x, w_ih, bias)
-            # summary detail: the statistics as the kernel runs, while each step is in cache
+            # summary detail: the statistics, computed by the kernel once its steps are
             stats = x.new_empty(6, steps, 5) if sink.norms_only else None
             ops.lstm_forward(
                 gates, w_hh, h0, c0, h, c, tanh_c, reverse, stats, *_LSTM_SATURATION, _steps_onednn(x, width)
@@ -432,7 +436,7 @@ class LSTMSequence(torch.autograd.Function):
             da[first].mm(w_hh) if needs[1] else None,
             dc[first] * gates[first, :, 2] if needs[2] else None,
             _rows(_input_weight_grad(x, da), back) if needs[3] else None,
-            _rows(_recurrent_weight_grad(h0, h, da, reverse), back) if needs[4] else None,
+            _rows(_recurrent_weight_grad(h0, h, da, reverse, copies=True), back) if needs[4] else None,
             *_both_biases(_rows(da.sum((0, 1)), back) if ctx.bias else None, needs[5:7]),
             None,
             None,

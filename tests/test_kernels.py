@@ -31,7 +31,7 @@ CASES = [
 @pytest.fixture(autouse=True)
 def _lstm_path(request, monkeypatch):
     """A case marked "torch-ops" runs the LSTM's loop in torch's operations, not the compiled kernel; one marked
-    "onednn" takes the compiled kernel's step products through oneDNN at any width (by default from M = 128)."""
+    "onednn" takes the compiled kernel's step products through oneDNN at any width (by default from M = 256)."""
     callspec = getattr(request.node, "callspec", None)
     marks = callspec.params.get("case", ())[2:] if callspec is not None else ()
     if "torch-ops" in marks:
@@ -356,7 +356,7 @@ def test_the_compiled_lstm_saturates_and_propagates_nan_as_torch_s(dtype, monkey
 
 
 def test_wide_lstms_take_their_step_products_through_onednn_with_torch_nn_s_results(monkeypatch):
-    """From M = 128 (float32), without forcing: the choice is made in both directions, and the results are
+    """From M = 256 (float32), without forcing: the choice is made in both directions, and the results are
     torch.nn's."""
     if native.ops(torch.zeros(1)) is None or not native.onednn(torch.zeros(1)):
         pytest.skip("the compiled loops or torch's oneDNN are not on this machine")
