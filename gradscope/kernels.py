@@ -62,9 +62,10 @@ _LSTM_ROWS = (3, 0, 1, 2)
 _LSTM_SATURATION = saturation_bounds([ACTIVATION_RANGES["sigmoid"]] * 3 + [ACTIVATION_RANGES["tanh"]])
 # the rows of the compiled LSTM's forward statistics: its gates in its order, then h and c
 _LSTM_STATS = (*(name for _, name in sorted(zip(GATE_ORDER["lstm"], GATE_NAMES["lstm"], strict=True))), "h", "c")
-# the smallest M at which the compiled LSTM's step products go through oneDNN (float32, all rows on one thread) rather
-# than its own AVX-512 tiles or BLAS (rows split among threads). On 2 cores, B 32, T 100, against the tiles: at M = 128
-# 1.7-1.8x their time, at M = 256 0.9-1.1x, at M = 512 0.6x forward and 0.6-1.1x backward (native.cpp's Recurrent).
+# the smallest M at which the compiled LSTM's step products go through oneDNN (float32) rather than its own AVX-512
+# tiles or BLAS. On 2 cores, B 32, T 100, oneDNN on all rows against the tiles: at M = 128 1.7-1.8x their time, at
+# M = 256 0.9-1.1x, at M = 512 0.6x forward and 0.6-1.1x backward; on each thread's rows at M = 256, 0.8-1.0x
+# (native.cpp's Recurrent).
 _ONEDNN_WIDTH = 256
 
 Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]

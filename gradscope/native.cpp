@@ -11,8 +11,8 @@
 //
 // A batch's sequences are independent: the LSTM's loops split the batch's rows among torch's threads once per call
 // (at::parallel_for; built with OpenMP where native.py can), each thread running every step of its rows, with no
-// wait between steps (split per step instead, the forward measured 10 % slower than one thread). Where the products
-// go through oneDNN, one thread runs the steps and oneDNN's product uses the others.
+// wait between steps (split per step instead, the forward measured 10 % slower than one thread). oneDNN, where it
+// takes the products, then runs on each thread alone.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -374,13 +374,13 @@ void add_product(const float* x, int64_t rows, int64_t k, const float* w, int64_
 #endif
 
 // A step's matrix product x w^T for rows of x [B, K] (row-major), w [N, K], in one of three ways:
-// - oneDNN (torch's mkldnn::_linear_pointwise, w reordered once into oneDNN's layout), for all B rows at once,
-//   float32: x w^T is handed back, its own tensor. On this project's AVX-512 CPU, 2-2.6x torch's BLAS at
+// - oneDNN (torch's mkldnn::_linear_pointwise, w reordered once into oneDNN's layout), float32: x w^T is handed
+//   back, its own tensor. On this project's AVX-512 CPU, 2-2.6x torch's BLAS at
 //   M = 256-512, but about 10 us a call: at M = 64 slower than BLAS.
 // - The AVX-512 tiles above (where the build has them), float32 and N a multiple of 16: added in place to out.
 //   torch's BLAS (MKL) ran this CPU's products at about 190 GFLOP/s against oneDNN's 500 (B 64, M 512).
 // - torch's CPU kernel (BLAS, at::cpu::addmm_, not through the dispatcher): added in place to out.
-// Rows may be taken on separate threads, except through oneDNN (see split). Which: kernels.py's _ONEDNN_WIDTH.
+// Rows may be taken on separate threads. Which way: kernels.py's _ONEDNN_WIDTH.
 template <typename T>
 class Recurrent {
  public:
@@ -399,11 +399,8 @@ class Recurrent {
     }
   }
 
-  // whether rows may be taken on separate threads
-  bool split() const { return !onednn_; }
-
-  // x [rows, K] w^T: through oneDNN handed back (valid until the next call), else added to out [rows, N] (null back)
-  const T* add(const T* x, T* out, int64_t rows) {
+  // x [rows, K] w^T: through oneDNN handed back (kept in held, one per thread), else added to out [rows, N] (null back)
+  const T* add(const T* x, T* out, int64_t rows, at::Tensor& held) {
 #if defined(__AVX512F__)
     if constexpr (std::is_same_v<T, float>) {
       if (tiles_) {
@@ -421,8 +418,8 @@ class Recurrent {
               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                 c10::string_view, c10::List<std::optional<at::Scalar>>,
                                 std::optional<c10::string_view>)>();
-      out_ = linear.call(x_rows, w_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
-      return out_.const_data_ptr<T>();
+      held = linear.call(x_rows, w_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+      return held.const_data_ptr<T>();
     }
     at::Tensor out_rows = at::from_blob(out, {rows, n_}, options);
     at::cpu::addmm_(out_rows, x_rows, w_);
@@ -437,19 +434,10 @@ class Recurrent {
 #endif
   bool onednn_, tiles_;
   int64_t n_, k_;
-  at::Tensor w_, out_;
+  at::Tensor w_;
 };
 
-// runs f(lo, hi) on rows [0, batch): split among torch's threads where split, else on this one
-template <typename F>
-void over_rows(int64_t batch, bool split, const F& f) {
-  constexpr int64_t kRows = 4;  // the fewest rows a thread takes
-  if (split) {
-    at::parallel_for(0, batch, kRows, f);
-  } else {
-    f(0, batch);
-  }
-}
+constexpr int64_t kRows = 4;  // the fewest of the batch's rows a thread takes
 
 void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type() && t.is_contiguous(), "gradscope's LSTM ",
@@ -486,13 +474,14 @@ void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0
     scalar_t *tanh_cs = tanh_c.data_ptr<scalar_t>(), *h_all = h.data_ptr<scalar_t>();
     Recurrent<scalar_t> recurrent(w_hh, batch, onednn);
     const int64_t state = batch * m;  // a step's values in the states (4 state in the gates)
-    over_rows(batch, recurrent.split(), [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, batch, kRows, [&](int64_t lo, int64_t hi) {
+      at::Tensor held;  // this thread's product through oneDNN
       const scalar_t* h_prev = h_first.const_data_ptr<scalar_t>() + lo * m;
       const scalar_t* c_prev = c_first.const_data_ptr<scalar_t>() + lo * m;
       for (int64_t s = 0; s < steps; ++s) {
         const int64_t t = reverse ? steps - 1 - s : s, at = t * state + lo * m;  // step t's row lo
         scalar_t* a = gate_all + 4 * at;
-        const scalar_t* p = recurrent.add(h_prev, a, hi - lo);
+        const scalar_t* p = recurrent.add(h_prev, a, hi - lo, held);
         forward_elements<scalar_t>(a, p, c_prev, cs + at, tanh_cs + at, h_all + at, hi - lo, m);
         h_prev = h_all + at;
         c_prev = cs + at;
@@ -534,14 +523,15 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
     scalar_t *dcs = dc.data_ptr<scalar_t>(), *das = da.data_ptr<scalar_t>(), *dh_all = dh.data_ptr<scalar_t>();
     Recurrent<scalar_t> recurrent(w_hh.t(), batch, onednn);
     const int64_t state = batch * m;  // a step's values in the states (4 state in the gates)
-    over_rows(batch, recurrent.split(), [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, batch, kRows, [&](int64_t lo, int64_t hi) {
       const int64_t rows = hi - lo, first = lo * m;  // row lo of a step's states
       int64_t after = -1;                            // the step run after this one, if any
+      at::Tensor held;                               // this thread's product through oneDNN
       for (int64_t s = steps - 1; s >= 0; --s) {
         const int64_t t = reverse ? steps - 1 - s : s;
         const int64_t before = reverse ? t + 1 : t - 1;
         scalar_t* dh_t = dh_all + t * state + first;
-        const scalar_t* p = after >= 0 ? recurrent.add(das + 4 * (after * state + first), dh_t, rows) : nullptr;
+        const scalar_t* p = after >= 0 ? recurrent.add(das + 4 * (after * state + first), dh_t, rows, held) : nullptr;
         const scalar_t* c_prev =
             (before < 0 || before >= steps ? c_first.const_data_ptr<scalar_t>() : cs + before * state) + first;
         const scalar_t* forget_after = after >= 0 ? gate_all + 4 * (after * state + first) + 2 * m : nullptr;

@@ -415,14 +415,22 @@ def test_projections_are_the_product_whichever_library_takes_them(shape, width, 
         torch.testing.assert_close(kernels._project(x, weight, b).double(), expected, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("onednn", [False, True], ids=["tiles", "onednn"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize(("batch", "width"), [(9, 16), (13, 20), (6, 4), (8, 32), (3, 16)])
-def test_the_compiled_lstm_splits_its_batch_among_threads_with_torch_nn_s_results(batch, width, dtype, reverse):
+def test_the_compiled_lstm_splits_its_batch_among_threads_with_torch_nn_s_results(
+    batch, width, dtype, reverse, onednn, monkeypatch
+):
     """Widths whose products take the AVX-512 tiles (where the build has them: 4M and M multiples of 16, or 4M only)
-    and batches split among two threads or not: torch.nn's outputs and gradients, and the same on one thread."""
+    or, forced, oneDNN (float32), and batches split among two threads or not: torch.nn's outputs and gradients, and
+    the same on one thread."""
     if native.ops(torch.zeros(1)) is None:
         pytest.skip("the compiled loops do not build on this machine")
+    if onednn:
+        if dtype == torch.float64 or not native.onednn(torch.zeros(1)):
+            pytest.skip("oneDNN takes float32, where torch has it")
+        monkeypatch.setattr(kernels, "_ONEDNN_WIDTH", 1)
     torch.manual_seed(0)
     module = torch.nn.LSTM(3, width, dtype=dtype)
     x = torch.randn(6, batch, 3, dtype=dtype, requires_grad=True)
