@@ -1,10 +1,11 @@
 // gradscope's compiled loops for the CPU, float32 and float64, built on first use by gradscope/native.py.
 //
 // The LSTM's step loops (tanh/tanh): the equations are those of gradscope/kernels.py's LSTMSequence, whose torch
-// loop they replace. Each step is one matrix product (see Product: oneDNN's or BLAS's) and one pass over the step's
-// elements, where torch's operations take seven (forward) or five (backward) passes, each with its own call. Gates
-// are in the rows (o, i, f, g). float32's sigmoid and tanh are Cephes' single-precision approximations (relative
-// error below 2e-7), written without branches so that the compiler vectorises them; NaN propagates as in torch.
+// loop they replace. Each step is one matrix product (see Recurrent: the kernel's own tiles, oneDNN's or BLAS's) and
+// one pass over the step's elements, where torch's operations take seven (forward) or five (backward) passes, each
+// with its own call. Gates are in the rows (o, i, f, g). float32's sigmoid and tanh are Cephes' single-precision
+// approximations (relative error below 2e-7), written without branches so that the compiler vectorises them; NaN
+// propagates as in torch.
 //
 // Summary recording's per-step statistics: those of gradscope/trace.py's norm_stats, stats_of_norms and
 // gates_stats, whose torch operations they replace, in one pass over the values.
