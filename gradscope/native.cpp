@@ -8,7 +8,8 @@
 // propagates as in torch.
 //
 // Summary recording's per-step statistics: those of gradscope/trace.py's norm_stats, stats_of_norms and
-// gates_stats, whose torch operations they replace, in one pass over the values.
+// gates_stats, whose torch operations they replace, in one pass over the values. A step's statistics are its own:
+// the steps are split among torch's threads (the same results whatever the split).
 //
 // A batch's sequences are independent: the LSTM's loops split the batch's rows among torch's threads once per call
 // (at::parallel_for; built with OpenMP where native.py can), each thread running every step of its rows, with no
@@ -438,7 +439,8 @@ class Recurrent {
   at::Tensor w_;
 };
 
-constexpr int64_t kRows = 4;  // the fewest of the batch's rows a thread takes
+constexpr int64_t kRows = 4;    // the fewest of the batch's rows a thread takes
+constexpr int64_t kSteps = 16;  // the fewest steps a thread summarises (each step's statistics are its own)
 
 void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == like.scalar_type() && t.is_contiguous(), "gradscope's LSTM ",
@@ -490,15 +492,17 @@ void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0
     });
     if (stats) {
       scalar_t* st = stats->data_ptr<scalar_t>();
-      GateStats<scalar_t> gate_stats(m, middle.vec(), reach.vec());
-      NormStats<scalar_t> norms(batch);
-      for (int64_t t = 0; t < steps; ++t) {
-        gate_stats.add(gate_all + 4 * t * state, m, 4 * m, batch, st + t * 5, steps * 5);
-        norms.add(h_all + t * state, m, m, st + (4 * steps + t) * 5);
-        norms.add(cs + t * state, m, m, st + (5 * steps + t) * 5);
-      }
-      gate_stats.flush();
-      norms.flush();
+      at::parallel_for(0, steps, kSteps, [&](int64_t lo, int64_t hi) {
+        GateStats<scalar_t> gate_stats(m, middle.vec(), reach.vec());
+        NormStats<scalar_t> norms(batch);
+        for (int64_t t = lo; t < hi; ++t) {
+          gate_stats.add(gate_all + 4 * t * state, m, 4 * m, batch, st + t * 5, steps * 5);
+          norms.add(h_all + t * state, m, m, st + (4 * steps + t) * 5);
+          norms.add(cs + t * state, m, m, st + (5 * steps + t) * 5);
+        }
+        gate_stats.flush();
+        norms.flush();
+      });
     }
   });
 }
@@ -547,12 +551,14 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
     });
     if (stats) {
       scalar_t* st = stats->data_ptr<scalar_t>();
-      NormStats<scalar_t> norms(batch);
-      for (int64_t t = 0; t < steps; ++t) {
-        norms.add(dh_all + t * state, m, m, st + t * 5);
-        norms.add(dcs + t * state, m, m, st + (steps + t) * 5);
-      }
-      norms.flush();
+      at::parallel_for(0, steps, kSteps, [&](int64_t lo, int64_t hi) {
+        NormStats<scalar_t> norms(batch);
+        for (int64_t t = lo; t < hi; ++t) {
+          norms.add(dh_all + t * state, m, m, st + t * 5);
+          norms.add(dcs + t * state, m, m, st + (steps + t) * 5);
+        }
+        norms.flush();
+      });
     }
   });
 }
@@ -569,9 +575,11 @@ at::Tensor norm_stats(const at::Tensor& values) {
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "gradscope_norm_stats", [&] {
     const scalar_t* base = v.const_data_ptr<scalar_t>();
     scalar_t* stats = out.data_ptr<scalar_t>();
-    NormStats<scalar_t> norms(batch);
-    for (int64_t t = 0; t < steps; ++t) norms.add(base + t * v.stride(0), v.stride(1), width, stats + t * 5);
-    norms.flush();
+    at::parallel_for(0, steps, kSteps, [&](int64_t lo, int64_t hi) {
+      NormStats<scalar_t> norms(batch);
+      for (int64_t t = lo; t < hi; ++t) norms.add(base + t * v.stride(0), v.stride(1), width, stats + t * 5);
+      norms.flush();
+    });
   });
   return out;
 }
@@ -590,11 +598,13 @@ at::Tensor gates_stats(const at::Tensor& values, at::ArrayRef<double> middle, at
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "gradscope_gates_stats", [&] {
     const scalar_t* base = v.const_data_ptr<scalar_t>();
     scalar_t* stats = out.data_ptr<scalar_t>();
-    GateStats<scalar_t> gate_stats(m, middle.vec(), reach.vec());
-    for (int64_t t = 0; t < steps; ++t) {
-      gate_stats.add(base + t * v.stride(1), v.stride(0), v.stride(2), batch, stats + t * 5, steps * 5);
-    }
-    gate_stats.flush();
+    at::parallel_for(0, steps, kSteps, [&](int64_t lo, int64_t hi) {
+      GateStats<scalar_t> gate_stats(m, middle.vec(), reach.vec());
+      for (int64_t t = lo; t < hi; ++t) {
+        gate_stats.add(base + t * v.stride(1), v.stride(0), v.stride(2), batch, stats + t * 5, steps * 5);
+      }
+      gate_stats.flush();
+    });
   });
   return out;
 }

@@ -213,16 +213,18 @@ def test_none_can_be_differentiated_twice(case):
         grad.sum().backward()
 
 
+@pytest.mark.parametrize("steps", [11, 37])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_the_compiled_lstm_hands_over_summary_statistics_of_what_it_computed(reverse, dtype):
+def test_the_compiled_lstm_hands_over_summary_statistics_of_what_it_computed(reverse, dtype, steps):
     """Where only summaries are asked, the kernel's own statistics of h, c, the gates and the total ∂L/∂h_t and
     ∂L/∂c_t: those of gradscope.trace's functions on the values it hands over; its outputs and gradients unchanged.
-    Over 11 steps (more than the 8 rows its quantiles sort at once)."""
+    Over 11 steps (more than the 8 rows its quantiles sort at once) and 37 (split among threads, where there are
+    several: from 16 steps, native.cpp's kSteps)."""
     if native.ops(torch.zeros(1)) is None:
         pytest.skip("the compiled loops do not build on this machine")
     module = _module(("lstm", {}), dtype=dtype)
-    x = torch.randn(11, 4, 3, dtype=dtype)
+    x = torch.randn(steps, 4, 3, dtype=dtype)
     h0, c0 = torch.randn(4, 5, dtype=dtype), torch.randn(4, 5, dtype=dtype)
     results = []
     for norms_only in (False, True):
@@ -243,6 +245,31 @@ def test_the_compiled_lstm_hands_over_summary_statistics_of_what_it_computed(rev
     expected = trace.gates_stats(gates.permute(2, 0, 1, 3), ranges)
     for name, index in zip(GATE_NAMES["lstm"], GATE_ORDER["lstm"], strict=True):
         torch.testing.assert_close(summary.stats[name], expected[index], **tol)
+
+
+@pytest.mark.parametrize("steps", [15, 16, 17, 40])
+def test_compiled_statistics_split_among_threads_are_one_thread_s(steps):
+    """Each step's statistics are its own: with the steps split among two threads (from 16 steps, native.cpp's
+    kSteps), norm_stats' and gates_stats' are one thread's, bit for bit. (The LSTM kernel's, split the same way, are
+    checked against trace's functions above: its values themselves may round differently on other threads.)"""
+    if native.ops(torch.zeros(1)) is None:
+        pytest.skip("the compiled loops do not build on this machine")
+    torch.manual_seed(1)
+    values, gates = torch.randn(steps, 6, 7), torch.rand(3, steps, 6, 9)
+    values[3, 2] = float("nan")
+    ranges = [(0.0, 1.0), (-1.0, 1.0), None]
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            runs.append(
+                (trace.norm_stats(values), trace.stats_of_norms(values[..., 0].abs()), trace.gates_stats(gates, ranges))
+            )
+    finally:
+        torch.set_num_threads(threads)
+    for split, one in zip(*runs, strict=True):
+        torch.testing.assert_close(split, one, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
