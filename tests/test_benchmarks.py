@@ -44,3 +44,22 @@ def test_a_run_replaces_only_the_sections_of_its_cells(tmp_path):
     third = _sections(out.read_text())
     assert "--cells rnn " in third["rnn"] and third["rnn"] != first["rnn"]
     assert third["gru"] == second["gru"] and third["lstm"] == first["lstm"]
+
+
+def test_alone_times_each_variant_in_its_own_process_under_each_allocator(tmp_path):
+    """benchmarks/alone.py: one row per point and allocator, its time and ratios numbers; bad arguments refused by
+    name."""
+    alone = GRID.parent / "alone.py"
+    out = tmp_path / "RESULTS-alone.md"
+    command = [sys.executable, str(alone), "--points", "lstm:1:2:3:1:2", "--calls", "1", "--repeats", "1"]
+    subprocess.run([*command, "--out", str(out)], check=True, capture_output=True, timeout=600)
+    text = out.read_text()
+    assert "- commit: " in text and "- allocators: default: the environment as found; kept: `GLIBC_TUNABLES=" in text
+    rows = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith("| lstm |")]
+    assert [row[:7] for row in rows] == [
+        ["lstm", "1", "2", "3", "1", "2", allocator] for allocator in ("default", "kept")
+    ]
+    assert all(float(value) > 0 for row in rows for value in row[7:])
+    for bad, message in ((["--points", "lstm:9"], "cell:layers:B:T:D:M"), (["--allocators", "nope"], "preload=PATH")):
+        result = subprocess.run([sys.executable, str(alone), *bad], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and message in result.stderr
