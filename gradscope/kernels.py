@@ -64,8 +64,8 @@ _LSTM_SATURATION = saturation_bounds([ACTIVATION_RANGES["sigmoid"]] * 3 + [ACTIV
 _LSTM_STATS = (*(name for _, name in sorted(zip(GATE_ORDER["lstm"], GATE_NAMES["lstm"], strict=True))), "h", "c")
 # the smallest M at which the compiled LSTM's step products go through oneDNN (float32) rather than its own AVX-512
 # tiles or BLAS. On 2 cores, B 32, T 100, oneDNN on all rows against the tiles: at M = 128 1.7-1.8x their time, at
-# M = 256 0.9-1.1x, at M = 512 0.6x forward and 0.6-1.1x backward; on each thread's rows at M = 256, 0.8-1.0x
-# (native.cpp's Recurrent).
+# M = 256 0.9-1.1x, at M = 512 0.6x forward and 0.6-1.1x backward. On each thread's rows (native.cpp's Recurrent;
+# B 32-64, T 100-256, forward / backward): at M = 128 1.1-1.6x / 1.2-1.7x their time, at M = 256 0.7-0.8x / 0.8-1.0x.
 _ONEDNN_WIDTH = 256
 
 Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
