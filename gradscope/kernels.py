@@ -416,29 +416,45 @@ class LSTMSequence(torch.autograd.Function):
         reverse = ctx.reverse
         first = steps - 1 if reverse else 0
         dh = _start(grad_out, grad_hn, h, reverse)
-        stats = None
+        needs = ctx.needs_input_grad
+        stats = grads = None
         if ctx.ops is None:
             da, dc = _lstm_backward_loop(c0, w_hh, gates, c, tanh_c, dh, grad_cn, reverse)
         else:
             da, dc = torch.empty_like(gates), torch.empty_like(dh)
             stats = dh.new_empty(2, steps, 5) if ctx.sink.norms_only else None
-            ctx.ops.lstm_backward(
-                gates, c, tanh_c, c0, w_hh, grad_cn, dh, dc, da, reverse, stats, _steps_onednn(dh, width)
+            # with its tiles, the kernel computes dL/dx_t and the parameters' gradients in its loop as well
+            grad_x = x.new_empty(x.shape)
+            grads = (
+                w_ih.new_empty(w_ih.shape[1], w_ih.shape[0]) if needs[3] else None,  # transposed
+                w_hh.new_empty(w_hh.shape) if needs[4] else None,
+                w_hh.new_empty(w_hh.shape[0]) if ctx.bias else None,
             )
+            onednn_steps, inputs = _steps_onednn(dh, width), (x, w_ih, h, h0)
+            if not ctx.ops.lstm_backward(
+                gates, c, tanh_c, c0, w_hh, grad_cn, dh, dc, da, reverse, stats, onednn_steps, *inputs, grad_x, *grads
+            ):
+                grads = None
         da = da.view(steps, batch, 4 * width)
-        grad_x = _project(da, w_ih.t(), None)
+        if grads is None:
+            grad_x = _project(da, w_ih.t(), None)
+            grads = (
+                _input_weight_grad(x, da).t() if needs[3] else None,
+                _recurrent_weight_grad(h0, h, da, reverse, copies=True) if needs[4] else None,
+                da.sum((0, 1)) if ctx.bias else None,
+            )
         ctx.sink.on_kernel_grads(
             grad_x, dh, dc, None if stats is None else dict(zip(("grad_h", "grad_c"), stats, strict=True))
         )
-        needs = ctx.needs_input_grad
+        grad_w_ih_t, grad_w_hh, grad_b = grads
         back = GATE_ORDER["lstm"]
         return (
             grad_x if needs[0] else None,
             da[first].mm(w_hh) if needs[1] else None,
             dc[first] * gates[first, :, 2] if needs[2] else None,
-            _rows(_input_weight_grad(x, da), back) if needs[3] else None,
-            _rows(_recurrent_weight_grad(h0, h, da, reverse, copies=True), back) if needs[4] else None,
-            *_both_biases(_rows(da.sum((0, 1)), back) if ctx.bias else None, needs[5:7]),
+            _rows(grad_w_ih_t.t(), back) if needs[3] else None,
+            _rows(grad_w_hh, back) if needs[4] else None,
+            *_both_biases(None if grad_b is None else _rows(grad_b, back), needs[5:7]),
             None,
             None,
         )

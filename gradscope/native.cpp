@@ -31,8 +31,11 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <optional>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -334,52 +337,94 @@ class GateStats {
 };
 
 #if defined(__AVX512F__)
-// out [R, N] += x [R, K] w [K, N] for 16 V of out's columns (x, w, out row-major; w and out from those columns): the
-// R x V accumulators stay in registers (R = 4, V = 4: 16 of 32), each of w's rows loaded once for the R rows of x
+// out [R, N] += x [R, K] w [K, N] for 16 V of out's columns (x's element (r, q) at x[r * xr + q * xq]; w and out
+// row-major, from those columns; the last 16 columns only those in mask): the R x V accumulators stay in registers
+// (R = 4, V = 4: 16 of 32), each of w's rows loaded once for the R rows of x
 template <int R, int V>
-inline void tile(const float* __restrict x, int64_t k, const float* __restrict w, int64_t n, float* __restrict out) {
+inline void tile(const float* __restrict x, int64_t xr, int64_t xq, int64_t k, const float* __restrict w, int64_t n,
+                 float* __restrict out, __mmask16 mask) {
   __m512 acc[R][V];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_loadu_ps(out + r * n + 16 * v);
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_maskz_loadu_ps(v < V - 1 ? 0xFFFF : mask, out + r * n + 16 * v);
   for (int64_t q = 0; q < k; ++q) {
     __m512 wq[V];
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) wq[v] = _mm512_loadu_ps(w + q * n + 16 * v);
+    for (int v = 0; v < V; ++v) {
+      wq[v] = _mm512_maskz_loadu_ps(v < V - 1 ? 0xFFFF : mask, w + q * n + 16 * v);
+      // held in a register: otherwise GCC loads it again into each of the R multiply-adds, which then wait on loads
+      __asm__("" : "+v"(wq[v]));
+    }
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      const __m512 xr = _mm512_set1_ps(x[r * k + q]);
+      const __m512 xr_q = _mm512_set1_ps(x[r * xr + q * xq]);
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(xr, wq[v], acc[r][v]);
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(xr_q, wq[v], acc[r][v]);
     }
   }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + r * n + 16 * v, acc[r][v]);
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(out + r * n + 16 * v, v < V - 1 ? 0xFFFF : mask, acc[r][v]);
 }
 
-template <int R>
-void tile_columns(const float* x, int64_t k, const float* w, int64_t n, float* out) {
-  int64_t col = 0;
-  for (; col + 64 <= n; col += 64) tile<R, 4>(x, k, w + col, n, out + col);
-  for (; col < n; col += 16) tile<R, 1>(x, k, w + col, n, out + col);
-}
+constexpr int64_t kDepth = 128;  // w's rows at a time: 128 rows of 64 columns (32 KiB) stay in L1 for all of x's rows
 
-// out [rows, N] += x [rows, K] w [K, N], row-major; N a multiple of 16
-void add_product(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* out) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) tile_columns<4>(x + r * k, k, w, n, out + r * n);
-  for (; r < rows; ++r) tile_columns<1>(x + r * k, k, w, n, out + r * n);
+// out [rows, N] += x [rows, K] w [K, N], x's element (r, q) at x[r * xr + q * xq], w and out row-major. A block of w
+// (kDepth rows, 64 columns) is taken for every row of x before the next.
+void add_product(const float* x, int64_t xr, int64_t xq, int64_t rows, int64_t k, const float* w, int64_t n,
+                 float* out) {
+  for (int64_t col = 0; col < n; col += 64) {
+    for (int64_t q = 0; q < k; q += kDepth) {
+      const int64_t depth = std::min(kDepth, k - q);
+      const float* wb = w + q * n + col;
+      const float* xb = x + q * xq;
+      float* ob = out + col;
+      int64_t r = 0;
+      if (col + 64 <= n) {
+        for (; r + 4 <= rows; r += 4) tile<4, 4>(xb + r * xr, xr, xq, depth, wb, n, ob + r * n, 0xFFFF);
+        for (; r < rows; ++r) tile<1, 4>(xb + r * xr, xr, xq, depth, wb, n, ob + r * n, 0xFFFF);
+      } else {
+        for (int64_t c = 0; col + c < n; c += 16) {
+          const int64_t left = n - col - c;
+          const __mmask16 mask = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+          for (r = 0; r + 4 <= rows; r += 4) tile<4, 1>(xb + r * xr, xr, xq, depth, wb + c, n, ob + r * n + c, mask);
+          for (; r < rows; ++r) tile<1, 1>(xb + r * xr, xr, xq, depth, wb + c, n, ob + r * n + c, mask);
+        }
+      }
+    }
+  }
 }
 #endif
+
+// whether the AVX-512 tiles above take T's products in this build
+template <typename T>
+constexpr bool has_tiles() {
+#if defined(__AVX512F__)
+  return std::is_same_v<T, float>;
+#else
+  return false;
+#endif
+}
+
+// out [rows, N] += x [rows, K] w [K, N] as add_product, where has_tiles<T>()
+template <typename T>
+void tiles_product(const T* x, int64_t xr, int64_t xq, int64_t rows, int64_t k, const T* w, int64_t n, T* out) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    add_product(x, xr, xq, rows, k, w, n, out);
+    return;
+  }
+#endif
+  TORCH_CHECK(false, "gradscope's LSTM kernel has no AVX-512 tiles for this dtype in this build");
+}
 
 // A step's matrix product x w^T for rows of x [B, K] (row-major), w [N, K], in one of three ways:
 // - oneDNN (torch's mkldnn::_linear_pointwise, w reordered once into oneDNN's layout), float32: x w^T is handed
 //   back, its own tensor. On this project's AVX-512 CPU, 2-2.6x torch's BLAS at
 //   M = 256-512, but about 10 us a call: at M = 64 slower than BLAS.
-// - The AVX-512 tiles above (where the build has them), float32 and N a multiple of 16: added in place to out.
+// - The AVX-512 tiles above (where the build has them), float32: added in place to out.
 //   torch's BLAS (MKL) ran this CPU's products at about 190 GFLOP/s against oneDNN's 500 (B 64, M 512).
 // - torch's CPU kernel (BLAS, at::cpu::addmm_, not through the dispatcher): added in place to out.
 // Rows may be taken on separate threads. Which way: kernels.py's _ONEDNN_WIDTH.
@@ -387,7 +432,7 @@ template <typename T>
 class Recurrent {
  public:
   Recurrent(const at::Tensor& w, int64_t batch, bool onednn)
-      : onednn_(onednn), tiles_(!onednn && kTiles && std::is_same_v<T, float> && w.size(0) % 16 == 0),
+      : onednn_(onednn), tiles_(!onednn && has_tiles<T>()),
         n_(w.size(0)), k_(w.size(1)) {
     TORCH_CHECK(!onednn || w.scalar_type() == at::kFloat, "gradscope's LSTM kernel takes its products through oneDNN ",
                 "in float32 only, got ", w.scalar_type());
@@ -403,14 +448,10 @@ class Recurrent {
 
   // x [rows, K] w^T: through oneDNN handed back (kept in held, one per thread), else added to out [rows, N] (null back)
   const T* add(const T* x, T* out, int64_t rows, at::Tensor& held) {
-#if defined(__AVX512F__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (tiles_) {
-        add_product(x, rows, k_, w_.const_data_ptr<float>(), n_, out);
-        return nullptr;
-      }
+    if (tiles_) {
+      tiles_product(x, k_, 1, rows, k_, w_.const_data_ptr<T>(), n_, out);
+      return nullptr;
     }
-#endif
     const auto options = w_.options().layout(at::kStrided);
     const at::Tensor x_rows = at::from_blob(const_cast<T*>(x), {rows, k_}, options);
     if (onednn_) {
@@ -429,11 +470,6 @@ class Recurrent {
   }
 
  private:
-#if defined(__AVX512F__)
-  static constexpr bool kTiles = true;
-#else
-  static constexpr bool kTiles = false;
-#endif
   bool onednn_, tiles_;
   int64_t n_, k_;
   at::Tensor w_;
@@ -510,9 +546,19 @@ void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0
 // dh [T, B, M]: the gradient arriving at each step's output (and h_n) on entry, the total dL/dh_t on return;
 // dc [T, B, M] and da [T, B, 4M] or [T, B, 4, M] (the pre-activations' gradient, rows o, i, f, g) are written;
 // with stats [2, T, 5], the statistics of the norms of the total dh and of dc, once every step is computed.
-void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, const at::Tensor& c0,
+// Where the tiles take the dtype (float32 on an AVX-512 build; whichever way the step products go), and given
+// x [T, B, D] (any strides), w_ih [4M, D], h [T, B, M] and h0 [B, M], the loop also writes grad_x [T, B, D], dL/dx_t
+// = da_t w_ih, and the parameters' gradients given: grad_w_ih [D, 4M] (transposed: sum_t x_t^T da_t), grad_w_hh
+// [4M, M] (sum_t da_t^T h_{t-1}) and grad_b [4M] (da_t summed over steps and rows), each thread adding up its rows' as
+// their steps are computed (then added in the order of their rows). Returns whether it did; otherwise they are left
+// as they were.
+bool lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, const at::Tensor& c0,
                    const at::Tensor& w_hh, const std::optional<at::Tensor>& grad_cn, at::Tensor dh, at::Tensor dc,
-                   at::Tensor da, bool reverse, std::optional<at::Tensor> stats, bool onednn) {
+                   at::Tensor da, bool reverse, std::optional<at::Tensor> stats, bool onednn,
+                   const std::optional<at::Tensor>& x, const std::optional<at::Tensor>& w_ih,
+                   const std::optional<at::Tensor>& h, const std::optional<at::Tensor>& h0,
+                   std::optional<at::Tensor> grad_x, std::optional<at::Tensor> grad_w_ih,
+                   std::optional<at::Tensor> grad_w_hh, std::optional<at::Tensor> grad_b) {
   const int64_t steps = gates.size(0), batch = gates.size(1), m = dh.size(2);
   for (const auto& [t, name] : {std::pair{&gates, "gates"}, {&c, "c"}, {&tanh_c, "tanh_c"}, {&dh, "dh"},
                                 {&dc, "dc"}, {&da, "da"}})
@@ -522,33 +568,108 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
   check(c_first, gates, "c0");
   if (dc_n) check(*dc_n, gates, "grad_cn");
   if (stats) check_stats(*stats, gates, 2, steps);
+  TORCH_CHECK(!grad_x == !x && !grad_x == !w_ih && (grad_x || !(grad_w_ih || grad_w_hh || grad_b)),
+              "gradscope's LSTM kernel takes x, w_ih and grad_x together, and the parameters' gradients with them");
+  TORCH_CHECK(!grad_w_hh || (h && h0), "gradscope's LSTM kernel takes h and h0 with grad_w_hh");
+  const int64_t input = x ? x->size(2) : 0;
+  at::Tensor h_first;
+  if (grad_x) {
+    TORCH_CHECK(x->dim() == 3 && x->size(0) == steps && x->size(1) == batch && x->device().is_cpu() &&
+                    x->scalar_type() == gates.scalar_type(),
+                "gradscope's LSTM kernel takes x [", steps, ", ", batch, ", D] on the CPU in the gates' dtype, got ",
+                x->sizes(), " ", x->scalar_type());
+    check(*w_ih, gates, "w_ih");
+    check(*grad_x, gates, "grad_x");
+    TORCH_CHECK(w_ih->sizes() == at::IntArrayRef({4 * m, input}) && grad_x->sizes() == x->sizes(),
+                "gradscope's LSTM kernel takes w_ih [", 4 * m, ", ", input, "] and grad_x shaped as x, got ",
+                w_ih->sizes(), " and ", grad_x->sizes());
+    for (const auto& [g, name, rows, columns] :
+         {std::tuple{&grad_w_ih, "grad_w_ih", input, 4 * m}, {&grad_w_hh, "grad_w_hh", 4 * m, m},
+          {&grad_b, "grad_b", 4 * m, int64_t{-1}}}) {
+      if (!*g) continue;
+      check(**g, gates, name);
+      const std::vector<int64_t> shape = columns < 0 ? std::vector{rows} : std::vector{rows, columns};
+      TORCH_CHECK((*g)->sizes() == at::IntArrayRef(shape), "gradscope's LSTM kernel writes ", name, " as ", shape,
+                  ", got ", (*g)->sizes());
+    }
+  }
+  if (grad_w_hh) {
+    h_first = h0->contiguous();
+    check(*h, gates, "h");
+    check(h_first, gates, "h0");
+  }
+  bool whole = false;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gradscope_lstm_backward", [&] {
     const scalar_t *gate_all = gates.const_data_ptr<scalar_t>(), *cs = c.const_data_ptr<scalar_t>();
     const scalar_t* tanh_cs = tanh_c.const_data_ptr<scalar_t>();
     scalar_t *dcs = dc.data_ptr<scalar_t>(), *das = da.data_ptr<scalar_t>(), *dh_all = dh.data_ptr<scalar_t>();
     Recurrent<scalar_t> recurrent(w_hh.t(), batch, onednn);
+    whole = grad_x && has_tiles<scalar_t>();
+    // each thread's sums, in one buffer: grad_w_ih's, grad_w_hh's, grad_b's
+    const int64_t size_ih = whole && grad_w_ih ? input * 4 * m : 0, size_hh = whole && grad_w_hh ? 4 * m * m : 0;
+    const int64_t size = size_ih + size_hh + (whole && grad_b ? 4 * m : 0);
+    std::mutex done;
+    std::vector<std::pair<int64_t, std::vector<scalar_t>>> partials;  // each thread's first row and its sums
     const int64_t state = batch * m;  // a step's values in the states (4 state in the gates)
     at::parallel_for(0, batch, kRows, [&](int64_t lo, int64_t hi) {
       const int64_t rows = hi - lo, first = lo * m;  // row lo of a step's states
       int64_t after = -1;                            // the step run after this one, if any
       at::Tensor held;                               // this thread's product through oneDNN
+      std::vector<scalar_t> partial(size);
+      scalar_t *sum_ih = partial.data(), *sum_hh = sum_ih + size_ih, *sum_b = sum_hh + size_hh;
       for (int64_t s = steps - 1; s >= 0; --s) {
         const int64_t t = reverse ? steps - 1 - s : s;
         const int64_t before = reverse ? t + 1 : t - 1;
+        const bool at_start = before < 0 || before >= steps;
         scalar_t* dh_t = dh_all + t * state + first;
         const scalar_t* p = after >= 0 ? recurrent.add(das + 4 * (after * state + first), dh_t, rows, held) : nullptr;
-        const scalar_t* c_prev =
-            (before < 0 || before >= steps ? c_first.const_data_ptr<scalar_t>() : cs + before * state) + first;
+        const scalar_t* c_prev = (at_start ? c_first.const_data_ptr<scalar_t>() : cs + before * state) + first;
         const scalar_t* forget_after = after >= 0 ? gate_all + 4 * (after * state + first) + 2 * m : nullptr;
         const scalar_t* dc_after = after >= 0 ? dcs + after * state + first
                                    : dc_n     ? dc_n->const_data_ptr<scalar_t>() + first
                                               : nullptr;
+        scalar_t* da_t = das + 4 * (t * state + first);
         backward_elements<scalar_t>(gate_all + 4 * (t * state + first), tanh_cs + t * state + first, c_prev, dh_t, p,
-                                    forget_after, dc_after, dcs + t * state + first,
-                                    das + 4 * (t * state + first), rows, m);
+                                    forget_after, dc_after, dcs + t * state + first, da_t, rows, m);
         after = t;
+        if (!whole) continue;
+        scalar_t* dx_t = grad_x->data_ptr<scalar_t>() + (t * batch + lo) * input;
+        std::fill(dx_t, dx_t + rows * input, scalar_t(0));
+        tiles_product(da_t, 4 * m, 1, rows, 4 * m, w_ih->const_data_ptr<scalar_t>(), input, dx_t);
+        if (size_ih > 0) {
+          const scalar_t* x_t = x->const_data_ptr<scalar_t>() + t * x->stride(0) + lo * x->stride(1);
+          tiles_product(x_t, x->stride(2), x->stride(1), input, rows, da_t, 4 * m, sum_ih);
+        }
+        if (size_hh > 0) {
+          const scalar_t* h_prev = (at_start ? h_first.const_data_ptr<scalar_t>()
+                                             : h->const_data_ptr<scalar_t>() + before * state) + first;
+          tiles_product(da_t, 1, 4 * m, 4 * m, rows, h_prev, m, sum_hh);
+        }
+        if (grad_b) {
+          for (int64_t b = 0; b < rows; ++b) {
+            const scalar_t* row = da_t + b * 4 * m;
+            for (int64_t k = 0; k < 4 * m; ++k) sum_b[k] += row[k];
+          }
+        }
+      }
+      if (size > 0) {
+        const std::lock_guard<std::mutex> lock(done);
+        partials.emplace_back(lo, std::move(partial));
       }
     });
+    if (size > 0) {
+      std::sort(partials.begin(), partials.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+      std::vector<scalar_t> total(size, scalar_t(0));
+      for (const auto& part : partials) {
+        for (int64_t e = 0; e < size; ++e) total[e] += part.second[e];
+      }
+      const scalar_t* from = total.data();
+      for (const std::optional<at::Tensor>* g : {&grad_w_ih, &grad_w_hh, &grad_b}) {
+        if (!*g) continue;
+        std::copy(from, from + (*g)->numel(), (*g)->data_ptr<scalar_t>());
+        from += (*g)->numel();
+      }
+    }
     if (stats) {
       scalar_t* st = stats->data_ptr<scalar_t>();
       at::parallel_for(0, steps, kSteps, [&](int64_t lo, int64_t hi) {
@@ -561,6 +682,7 @@ void lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
       });
     }
   });
+  return whole;
 }
 
 // values [T, B, F] (the L2 norm over F of each row) or [T, B] (the norms themselves) -> [T, 5]: per step the mean
@@ -618,7 +740,9 @@ TORCH_LIBRARY(gradscope, lib) {
       "bool onednn=False) -> ()");
   lib.def(
       "lstm_backward(Tensor gates, Tensor c, Tensor tanh_c, Tensor c0, Tensor w_hh, Tensor? grad_cn, "
-      "Tensor(a!) dh, Tensor(b!) dc, Tensor(c!) da, bool reverse, Tensor(d!)? stats=None, bool onednn=False) -> ()");
+      "Tensor(a!) dh, Tensor(b!) dc, Tensor(c!) da, bool reverse, Tensor(d!)? stats=None, bool onednn=False, "
+      "Tensor? x=None, Tensor? w_ih=None, Tensor? h=None, Tensor? h0=None, Tensor(e!)? grad_x=None, "
+      "Tensor(f!)? grad_w_ih=None, Tensor(g!)? grad_w_hh=None, Tensor(h!)? grad_b=None) -> bool");
   lib.def("norm_stats(Tensor values) -> Tensor");
   lib.def("gates_stats(Tensor values, float[] middle, float[] reach) -> Tensor");
 }

@@ -445,13 +445,14 @@ def test_projections_are_the_product_whichever_library_takes_them(shape, width, 
 @pytest.mark.parametrize("onednn", [False, True], ids=["tiles", "onednn"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize(("batch", "width"), [(9, 16), (13, 20), (6, 4), (8, 32), (3, 16)])
+@pytest.mark.parametrize(("batch", "width"), [(9, 16), (13, 20), (6, 4), (8, 32), (3, 16), (5, 48), (7, 144)])
 def test_the_compiled_lstm_splits_its_batch_among_threads_with_torch_nn_s_results(
     batch, width, dtype, reverse, onednn, monkeypatch
 ):
-    """Widths whose products take the AVX-512 tiles (where the build has them: 4M and M multiples of 16, or 4M only)
-    or, forced, oneDNN (float32), and batches split among two threads or not: torch.nn's outputs and gradients, and
-    the same on one thread."""
+    """Widths whose products take the AVX-512 tiles (where the build has them: 4M and M multiples of 16, or 4M only;
+    M = 48 and 144: products deeper than a block of 128 of w's rows, columns in 64s and 16s) or, forced, oneDNN
+    (float32), and batches split among two threads or not: torch.nn's outputs and gradients, and the same on one
+    thread."""
     if native.ops(torch.zeros(1)) is None:
         pytest.skip("the compiled loops do not build on this machine")
     if onednn:
@@ -478,3 +479,67 @@ def test_the_compiled_lstm_splits_its_batch_among_threads_with_torch_nn_s_result
     for a, b, one in zip(runs[0], expected, runs[1], strict=True):
         torch.testing.assert_close(a, b, **TOL[dtype])
         torch.testing.assert_close(a, one, **TOL[dtype])
+
+
+@pytest.mark.parametrize("onednn", [False, True], ids=["tiles", "onednn"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize(("batch", "width", "inputs"), [(9, 16, 1), (5, 48, 8), (6, 64, 20), (3, 5, 3), (7, 144, 64)])
+def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_on_avx512(batch, width, inputs, reverse, onednn):
+    """float32 on an AVX-512 build, whichever way the step products go: the kernel writes dL/dx_t = da_t W_ih, and
+    sum_t x_t^T da_t, sum_t da_t^T h_{t-1} (h0 before the first step run) and da summed over steps and rows, each
+    thread adding up its rows; x may be strided (here batch first, transposed). In float64 (or without AVX-512) it
+    writes none of them and says so."""
+    ops = native.ops(torch.zeros(1))
+    if ops is None:
+        pytest.skip("the compiled loops do not build on this machine")
+    if onednn and not native.onednn(torch.zeros(1)):
+        pytest.skip("torch's oneDNN is not on this machine")
+    torch.manual_seed(0)
+    steps = 7
+    gates = torch.rand(steps, batch, 4 * width)  # gate values: any in (0, 1) will do
+    c, tanh_c, h = (torch.randn(steps, batch, width) for _ in range(3))
+    h0, c0, w_hh, w_ih = (
+        torch.randn(*shape) for shape in ((batch, width),) * 2 + ((4 * width, width), (4 * width, inputs))
+    )
+    x = torch.randn(batch, steps, inputs).transpose(0, 1)
+    grad_out = torch.randn(steps, batch, width)
+
+    def backward(dtype):
+        dh, dc = grad_out.to(dtype, copy=True), torch.empty(steps, batch, width, dtype=dtype)
+        da = torch.empty(steps, batch, 4 * width, dtype=dtype)
+        outputs = [
+            torch.full(shape, float("nan"), dtype=dtype)
+            for shape in (x.shape, (inputs, 4 * width), w_hh.shape, (4 * width,))
+        ]
+        saved = (v.to(dtype) for v in (gates, c, tanh_c, c0, w_hh))
+        given = (v.to(dtype) for v in (x, w_ih, h, h0))
+        wrote = ops.lstm_backward(*saved, None, dh, dc, da, reverse, None, onednn, *given, *outputs)
+        return wrote, da, outputs
+
+    tiles = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        wrote, da, outputs = backward(torch.float32)
+        torch.set_num_threads(1)
+        wrote_one, _, outputs_one = backward(torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+    assert wrote == wrote_one == tiles
+    if not tiles:
+        pytest.skip("the build has no AVX-512 tiles: these are left to torch's products")
+    before = torch.cat([h[1:], h0[None]]) if reverse else torch.cat([h0[None], h[:-1]])
+    da = da.double()
+    expected = [
+        da @ w_ih.double(),
+        torch.einsum("tbd,tbr->dr", x.double(), da),
+        torch.einsum("tbr,tbm->rm", da, before.double()),
+        da.sum((0, 1)),
+    ]
+    for got, one, want in zip(outputs, outputs_one, expected, strict=True):
+        scale = dict(rtol=1e-5, atol=1e-5 * want.abs().max().item())  # float32 sums of many terms
+        torch.testing.assert_close(got.double(), want, **scale)
+        torch.testing.assert_close(one.double(), got.double(), **scale)
+    if not onednn:  # where the kernel does not take them, it leaves them as they were and says so
+        wrote, _, outputs = backward(torch.float64)
+        assert wrote is False and all(v.isnan().all() for v in outputs)
