@@ -4,8 +4,8 @@ On the CPU, torch's operations cost more per call than the arithmetic of a small
 summary statistics. The loop of :class:`~gradscope.kernels.LSTMSequence`, seven calls a step forward and five
 backward, took 1.3-2x torch.nn's fused LSTM; compiled, a step is one matrix product and one pass over its
 elements, the batch's rows split among torch's threads. In float32 the product is the kernel's own (AVX-512) below
-M = 256 and oneDNN's from M = 256 (2-2.6x BLAS's speed at M = 256-512 on this project's CPU; torch.nn's LSTM runs
-on oneDNN too), else torch's BLAS's. Summary recording's statistics
+M = 512 and oneDNN's from M = 512 (torch.nn's LSTM runs on oneDNN too), else torch's BLAS's; with its own products,
+the backward adds up the parameters' gradients in the same loop. Summary recording's statistics
 (:func:`~gradscope.trace.norm_stats`, :func:`~gradscope.trace.gates_stats`), five or more calls and passes over the
 values, become one pass.
 

@@ -31,7 +31,8 @@ CASES = [
 @pytest.fixture(autouse=True)
 def _lstm_path(request, monkeypatch):
     """A case marked "torch-ops" runs the LSTM's loop in torch's operations, not the compiled kernel; one marked
-    "onednn" takes the compiled kernel's step products through oneDNN at any width (by default from M = 256)."""
+    "onednn" takes the compiled kernel's step products through oneDNN at any width, and its weights' gradients after
+    its loop (by default both from 512 columns)."""
     callspec = getattr(request.node, "callspec", None)
     marks = callspec.params.get("case", ())[2:] if callspec is not None else ()
     if "torch-ops" in marks:
@@ -40,6 +41,7 @@ def _lstm_path(request, monkeypatch):
         if native.ops(torch.zeros(1)) is None or not native.onednn(torch.zeros(1)):
             pytest.skip("the compiled loops or torch's oneDNN are not on this machine")
         monkeypatch.setattr(kernels, "_ONEDNN_WIDTH", 1)
+        monkeypatch.setattr(kernels, "_LOOP_SUMS_WIDTH", 1)
 
 
 def _id(case):
@@ -383,17 +385,18 @@ def test_the_compiled_lstm_saturates_and_propagates_nan_as_torch_s(dtype, monkey
 
 
 def test_wide_lstms_take_their_step_products_through_onednn_with_torch_nn_s_results(monkeypatch):
-    """From M = 256 (float32), without forcing: the choice is made in both directions, and the results are
-    torch.nn's."""
+    """From M = 512 (float32), without forcing: the choice is made in both directions, and the results are
+    torch.nn's, with the weights' gradients (D = M) taken after the kernel's loop."""
     if native.ops(torch.zeros(1)) is None or not native.onednn(torch.zeros(1)):
         pytest.skip("the compiled loops or torch's oneDNN are not on this machine")
     chosen = []
     choose = kernels._steps_onednn
     monkeypatch.setattr(kernels, "_steps_onednn", lambda x, width: chosen.append(choose(x, width)) or chosen[-1])
     width = kernels._ONEDNN_WIDTH
+    assert kernels._LOOP_SUMS_WIDTH <= width
     torch.manual_seed(0)
-    module = torch.nn.LSTM(3, width)
-    x = torch.randn(5, 2, 3, requires_grad=True)
+    module = torch.nn.LSTM(width, width)
+    x = torch.randn(5, 2, width, requires_grad=True)
     h0, c0 = torch.randn(2, width), torch.randn(2, width)
     leaves = [x, *module.parameters()]
     out, (h_n, c_n) = module(x, (h0[None], c0[None]))
@@ -543,3 +546,27 @@ def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_on_avx512(b
     if not onednn:  # where the kernel does not take them, it leaves them as they were and says so
         wrote, _, outputs = backward(torch.float64)
         assert wrote is False and all(v.isnan().all() for v in outputs)
+
+
+def test_the_compiled_lstm_backward_refuses_gradients_it_cannot_write_by_name():
+    ops = native.ops(torch.zeros(1))
+    if ops is None:
+        pytest.skip("the compiled loops do not build on this machine")
+    steps, batch, width, inputs = 3, 2, 4, 5
+    gates, da = torch.rand(steps, batch, 4 * width), torch.empty(steps, batch, 4 * width)
+    c, tanh_c, h, dh, dc = (torch.randn(steps, batch, width) for _ in range(5))
+    c0, h0, w_hh, w_ih = torch.randn(batch, width), torch.randn(batch, width), torch.randn(16, 4), torch.randn(16, 5)
+    x, grad_x = torch.randn(steps, batch, inputs), torch.empty(steps, batch, inputs)
+    saved = (gates, c, tanh_c, c0, w_hh, None, dh, dc, da, False, None, False)
+    with pytest.raises(RuntimeError, match="takes x, w_ih and grad_x together"):
+        ops.lstm_backward(*saved, None, w_ih, h, h0, grad_x)
+    with pytest.raises(RuntimeError, match="takes h and h0 with grad_w_hh"):
+        ops.lstm_backward(*saved, x, w_ih, None, None, grad_x, None, torch.empty(16, 4))
+    with pytest.raises(RuntimeError, match=r"writes grad_w_hh as \[16, 4\], got \[4, 16\]"):
+        ops.lstm_backward(*saved, x, w_ih, h, h0, grad_x, None, torch.empty(4, 16))
+    with pytest.raises(
+        RuntimeError, match=r"takes w_ih \[16, 5\] and grad_x shaped as x, got \[16, 5\] and \[3, 2, 4\]"
+    ):
+        ops.lstm_backward(*saved, x, w_ih, h, h0, torch.empty(steps, batch, 4))
+    with pytest.raises(RuntimeError, match=r"takes x \[3, 2, D\] on the CPU in the gates' dtype, got \[2, 3, 5\]"):
+        ops.lstm_backward(*saved, x.transpose(0, 1), w_ih, h, h0, grad_x)
