@@ -67,12 +67,6 @@ _LSTM_STATS = (*(name for _, name in sorted(zip(GATE_ORDER["lstm"], GATE_NAMES["
 # backward: at M = 256 0.98-1.06x / 0.82-0.92x, at M = 384 0.97-0.99x / 0.97-0.99x, at M = 512 1.16-1.18x /
 # 0.93-0.98x.
 _ONEDNN_WIDTH = 512
-# the compiled LSTM's backward adds up a weight's gradient in its loop (with its tiles) where the weight has fewer
-# columns than this (D for W_ih, M for W_hh), else oneDNN or BLAS multiply after the loop: each thread's sums are
-# read and written at every step, [4M, columns] of them, which from 512 columns no longer stay in the cache. On 2
-# cores, B 64, T 100, the loop's sums added to the backward's time against oneDNN's products after it: at
-# D = M = 128 4.3 against 8.4 ms, at 256 19 against 22 ms, at 512 134 against 100 ms.
-_LOOP_SUMS_WIDTH = 512
 
 Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
 
@@ -148,23 +142,10 @@ def _start(grad_out: Tensor | None, grad_hn: Tensor | None, h: Tensor, reverse: 
     return dh
 
 
-def _input_weight_grad(x: Tensor, d: Tensor, *, copies: bool = False) -> Tensor:
-    r""":math:`\sum_t \delta_t x_t^T` for ``x`` ``[T, B, D]`` and ``d`` ``[T, B, R]``: ``[R, D]``. With ``copies``, as
-    :func:`_recurrent_weight_grad`'s."""
-    flat_x, flat_d = x.reshape(-1, x.shape[-1]), d.reshape(-1, d.shape[-1])
-    if copies and onednn(d) and d.numel() > 0:
-        return _onednn_weight_grad(flat_d, flat_x)
+def _input_weight_grad(x: Tensor, d: Tensor) -> Tensor:
+    r""":math:`\sum_t \delta_t x_t^T` for ``x`` ``[T, B, D]`` and ``d`` ``[T, B, R]``: ``[R, D]``."""
     # [D, T*B] @ [T*B, R]: for a narrow input several times faster than the transposed product
-    return flat_x.t().mm(flat_d).t()
-
-
-def _onednn_weight_grad(d: Tensor, inputs: Tensor) -> Tensor:
-    """``d^T inputs`` for ``d`` ``[N, R]`` and ``inputs`` ``[N, K]``: ``[R, K]``, through oneDNN's inner product's
-    weight gradient, on copies of both in its layout."""
-    like = d.new_empty(d.shape[1], inputs.shape[1])  # the weight: torch's op takes its dtype
-    return torch.ops.aten.mkldnn_linear_backward_weights(
-        d.contiguous().to_mkldnn(), inputs.contiguous().to_mkldnn(), like, False
-    )[0]
+    return x.reshape(-1, x.shape[-1]).t().mm(d.reshape(-1, d.shape[-1])).t()
 
 
 def _recurrent_weight_grad(
@@ -187,7 +168,9 @@ def _recurrent_weight_grad(
         # (summary-recorded step d1/d0 up to 2.1 and 1.6, at 23ed4b6): the LSTM's only. h0 in its place.
         if low <= first < high:
             before = torch.cat([before, h0[None]] if reverse else [h0[None], before])
-        return _onednn_weight_grad(d.reshape(-1, d.shape[-1]), before.reshape(-1, h.shape[-1]))
+        flat_d, flat_h = d.reshape(-1, d.shape[-1]).contiguous(), before.reshape(-1, h.shape[-1]).contiguous()
+        like = flat_d.new_empty(flat_d.shape[1], flat_h.shape[1])  # the weight: torch's op takes its dtype
+        return torch.ops.aten.mkldnn_linear_backward_weights(flat_d.to_mkldnn(), flat_h.to_mkldnn(), like, False)[0]
     grad = inner.reshape(-1, d.shape[-1]).t().mm(before.reshape(-1, h.shape[-1]))
     return grad.addmm_(d[first - low].t(), h0) if low <= first < high else grad
 
@@ -440,11 +423,11 @@ class LSTMSequence(torch.autograd.Function):
         else:
             da, dc = torch.empty_like(gates), torch.empty_like(dh)
             stats = dh.new_empty(2, steps, 5) if ctx.sink.norms_only else None
-            # with its tiles, the kernel computes dL/dx_t, the bias's gradient and the narrower weights' in its loop
+            # with its tiles, the kernel computes dL/dx_t and the parameters' gradients in its loop as well
             grad_x = x.new_empty(x.shape)
             grads = (
-                w_ih.new_empty(w_ih.shape[1], w_ih.shape[0]) if needs[3] and x.shape[2] < _LOOP_SUMS_WIDTH else None,
-                w_hh.new_empty(w_hh.shape) if needs[4] and width < _LOOP_SUMS_WIDTH else None,
+                w_ih.new_empty(w_ih.shape[1], w_ih.shape[0]) if needs[3] else None,  # transposed
+                w_hh.new_empty(w_hh.shape) if needs[4] else None,
                 w_hh.new_empty(w_hh.shape[0]) if ctx.bias else None,
             )
             onednn_steps, inputs = _steps_onednn(dh, width), (x, w_ih, h, h0)
@@ -455,12 +438,12 @@ class LSTMSequence(torch.autograd.Function):
         da = da.view(steps, batch, 4 * width)
         if grads is None:
             grad_x = _project(da, w_ih.t(), None)
-            grads = (None, None, da.sum((0, 1)) if ctx.bias else None)
+            grads = (
+                _input_weight_grad(x, da).t() if needs[3] else None,
+                _recurrent_weight_grad(h0, h, da, reverse, copies=True) if needs[4] else None,
+                da.sum((0, 1)) if ctx.bias else None,
+            )
         grad_w_ih_t, grad_w_hh, grad_b = grads
-        if needs[3] and grad_w_ih_t is None:
-            grad_w_ih_t = _input_weight_grad(x, da, copies=x.shape[2] >= _LOOP_SUMS_WIDTH).t()
-        if needs[4] and grad_w_hh is None:
-            grad_w_hh = _recurrent_weight_grad(h0, h, da, reverse, copies=True)
         ctx.sink.on_kernel_grads(
             grad_x, dh, dc, None if stats is None else dict(zip(("grad_h", "grad_c"), stats, strict=True))
         )

@@ -31,8 +31,7 @@ CASES = [
 @pytest.fixture(autouse=True)
 def _lstm_path(request, monkeypatch):
     """A case marked "torch-ops" runs the LSTM's loop in torch's operations, not the compiled kernel; one marked
-    "onednn" takes the compiled kernel's step products through oneDNN at any width, and its weights' gradients after
-    its loop (by default both from 512 columns)."""
+    "onednn" takes the compiled kernel's step products through oneDNN at any width (by default from M = 512)."""
     callspec = getattr(request.node, "callspec", None)
     marks = callspec.params.get("case", ())[2:] if callspec is not None else ()
     if "torch-ops" in marks:
@@ -41,7 +40,6 @@ def _lstm_path(request, monkeypatch):
         if native.ops(torch.zeros(1)) is None or not native.onednn(torch.zeros(1)):
             pytest.skip("the compiled loops or torch's oneDNN are not on this machine")
         monkeypatch.setattr(kernels, "_ONEDNN_WIDTH", 1)
-        monkeypatch.setattr(kernels, "_LOOP_SUMS_WIDTH", 1)
 
 
 def _id(case):
@@ -386,14 +384,13 @@ def test_the_compiled_lstm_saturates_and_propagates_nan_as_torch_s(dtype, monkey
 
 def test_wide_lstms_take_their_step_products_through_onednn_with_torch_nn_s_results(monkeypatch):
     """From M = 512 (float32), without forcing: the choice is made in both directions, and the results are
-    torch.nn's, with the weights' gradients (D = M) taken after the kernel's loop."""
+    torch.nn's."""
     if native.ops(torch.zeros(1)) is None or not native.onednn(torch.zeros(1)):
         pytest.skip("the compiled loops or torch's oneDNN are not on this machine")
     chosen = []
     choose = kernels._steps_onednn
     monkeypatch.setattr(kernels, "_steps_onednn", lambda x, width: chosen.append(choose(x, width)) or chosen[-1])
     width = kernels._ONEDNN_WIDTH
-    assert kernels._LOOP_SUMS_WIDTH <= width
     torch.manual_seed(0)
     module = torch.nn.LSTM(width, width)
     x = torch.randn(5, 2, width, requires_grad=True)
@@ -448,7 +445,7 @@ def test_projections_are_the_product_whichever_library_takes_them(shape, width, 
 @pytest.mark.parametrize("onednn", [False, True], ids=["tiles", "onednn"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize(("batch", "width"), [(9, 16), (13, 20), (6, 4), (8, 32), (3, 16), (5, 48), (7, 144)])
+@pytest.mark.parametrize(("batch", "width"), [(9, 16), (13, 20), (6, 4), (8, 32), (3, 16), (5, 48), (7, 144), (40, 16)])
 def test_the_compiled_lstm_splits_its_batch_among_threads_with_torch_nn_s_results(
     batch, width, dtype, reverse, onednn, monkeypatch
 ):
@@ -486,12 +483,14 @@ def test_the_compiled_lstm_splits_its_batch_among_threads_with_torch_nn_s_result
 
 @pytest.mark.parametrize("onednn", [False, True], ids=["tiles", "onednn"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize(("batch", "width", "inputs"), [(9, 16, 1), (5, 48, 8), (6, 64, 20), (3, 5, 3), (7, 144, 64)])
+@pytest.mark.parametrize(
+    ("batch", "width", "inputs"), [(9, 16, 1), (5, 48, 8), (6, 64, 20), (3, 5, 3), (7, 144, 64), (48, 16, 3)]
+)
 def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_on_avx512(batch, width, inputs, reverse, onednn):
     """float32 on an AVX-512 build, whichever way the step products go: the kernel writes dL/dx_t = da_t W_ih, and
     sum_t x_t^T da_t, sum_t da_t^T h_{t-1} (h0 before the first step run) and da summed over steps and rows, each
-    thread adding up its rows; x may be strided (here batch first, transposed). In float64 (or without AVX-512) it
-    writes none of them and says so."""
+    thread adding up its rows, a block of steps at a time (B 48: blocks of 2 and 5 steps, and what is left); x may be
+    strided (here batch first, transposed). In float64 (or without AVX-512) it writes none of them and says so."""
     ops = native.ops(torch.zeros(1))
     if ops is None:
         pytest.skip("the compiled loops do not build on this machine")
