@@ -421,9 +421,11 @@ class LSTMSequence(torch.autograd.Function):
         if ctx.ops is None:
             da, dc = _lstm_backward_loop(c0, w_hh, gates, c, tanh_c, dh, grad_cn, reverse)
         else:
-            da, dc = torch.empty_like(gates), torch.empty_like(dh)
+            # with its tiles, the kernel computes dL/dx_t and the parameters' gradients in its loop as well, and keeps
+            # each step's da only while they need it: it hands back the first step's
+            da = gates.new_empty(batch, 4 * width) if ctx.ops.tiles(x.dtype) else torch.empty_like(gates)
+            dc = torch.empty_like(dh)
             stats = dh.new_empty(2, steps, 5) if ctx.sink.norms_only else None
-            # with its tiles, the kernel computes dL/dx_t and the parameters' gradients in its loop as well
             grad_x = x.new_empty(x.shape)
             grads = (
                 w_ih.new_empty(w_ih.shape[1], w_ih.shape[0]) if needs[3] else None,  # transposed
@@ -435,14 +437,15 @@ class LSTMSequence(torch.autograd.Function):
                 gates, c, tanh_c, c0, w_hh, grad_cn, dh, dc, da, reverse, stats, onednn_steps, *inputs, grad_x, *grads
             ):
                 grads = None
-        da = da.view(steps, batch, 4 * width)
-        if grads is None:
+        if grads is None:  # da holds every step's
+            da = da.view(steps, batch, 4 * width)
             grad_x = _project(da, w_ih.t(), None)
             grads = (
                 _input_weight_grad(x, da).t() if needs[3] else None,
                 _recurrent_weight_grad(h0, h, da, reverse, copies=True) if needs[4] else None,
                 da.sum((0, 1)) if ctx.bias else None,
             )
+            da = da[first]
         grad_w_ih_t, grad_w_hh, grad_b = grads
         ctx.sink.on_kernel_grads(
             grad_x, dh, dc, None if stats is None else dict(zip(("grad_h", "grad_c"), stats, strict=True))
@@ -450,7 +453,7 @@ class LSTMSequence(torch.autograd.Function):
         back = GATE_ORDER["lstm"]
         return (
             grad_x if needs[0] else None,
-            da[first].mm(w_hh) if needs[1] else None,
+            da.mm(w_hh) if needs[1] else None,
             dc[first] * gates[first, :, 2] if needs[2] else None,
             _rows(grad_w_ih_t.t(), back) if needs[3] else None,
             _rows(grad_w_hh, back) if needs[4] else None,

@@ -568,12 +568,13 @@ void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0
 // dh [T, B, M]: the gradient arriving at each step's output (and h_n) on entry, the total dL/dh_t on return;
 // dc [T, B, M] and da [T, B, 4M] or [T, B, 4, M] (the pre-activations' gradient, rows o, i, f, g) are written;
 // with stats [2, T, 5], the statistics of the norms of the total dh and of dc, once every step is computed.
-// Where the tiles take the dtype (float32 on an AVX-512 build; whichever way the step products go), and given
-// x [T, B, D] (any strides), w_ih [4M, D], h [T, B, M] and h0 [B, M], the loop also writes grad_x [T, B, D], dL/dx_t
-// = da_t w_ih, and the parameters' gradients given: grad_w_ih [D, 4M] (transposed: sum_t x_t^T da_t), grad_w_hh
-// [4M, M] (sum_t da_t^T h_{t-1}) and grad_b [4M] (da_t summed over steps and rows), each thread adding up its rows'
-// as their steps are computed, the weights' a block of steps at a time (the threads' sums then added in the order of
-// their rows). Returns whether it did; otherwise they are left as they were.
+// Where the tiles take the dtype (float32 on an AVX-512 build, see tiles(); whichever way the step products go), and
+// given x [T, B, D] (any strides), w_ih [4M, D], h [T, B, M] and h0 [B, M], the loop also writes grad_x [T, B, D],
+// dL/dx_t = da_t w_ih, and the parameters' gradients given: grad_w_ih [D, 4M] (transposed: sum_t x_t^T da_t),
+// grad_w_hh [4M, M] (sum_t da_t^T h_{t-1}) and grad_b [4M] (da_t summed over steps and rows), each thread adding up
+// its rows' as their steps are computed, the weights' a block of steps at a time (the threads' sums then added in
+// the order of their rows). Returns whether it did; otherwise they are left as they were. Then da may be [B, 4M]:
+// each thread keeps the da_t of its block of steps, and da receives the first step's (the last computed).
 bool lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tensor& tanh_c, const at::Tensor& c0,
                    const at::Tensor& w_hh, const std::optional<at::Tensor>& grad_cn, at::Tensor dh, at::Tensor dc,
                    at::Tensor da, bool reverse, std::optional<at::Tensor> stats, bool onednn,
@@ -593,6 +594,10 @@ bool lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
   TORCH_CHECK(!grad_x == !x && !grad_x == !w_ih && (grad_x || !(grad_w_ih || grad_w_hh || grad_b)),
               "gradscope's LSTM kernel takes x, w_ih and grad_x together, and the parameters' gradients with them");
   TORCH_CHECK(!grad_w_hh || (h && h0), "gradscope's LSTM kernel takes h and h0 with grad_w_hh");
+  const bool first_only = da.dim() == 2;  // da [B, 4M]: the first step's only
+  TORCH_CHECK(da.numel() == (first_only ? 1 : steps) * batch * 4 * m && (!first_only || grad_x),
+              "gradscope's LSTM kernel writes da [", steps, ", ", batch, ", ", 4 * m, "], or [", batch, ", ", 4 * m,
+              "] with grad_x and its tiles, got ", da.sizes());
   const int64_t input = x ? x->size(2) : 0;
   at::Tensor h_first;
   if (grad_x) {
@@ -627,6 +632,8 @@ bool lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
     scalar_t *dcs = dc.data_ptr<scalar_t>(), *das = da.data_ptr<scalar_t>(), *dh_all = dh.data_ptr<scalar_t>();
     Recurrent<scalar_t> recurrent(w_hh.t(), batch, onednn);
     whole = grad_x && has_tiles<scalar_t>();
+    TORCH_CHECK(whole || !first_only, "gradscope's LSTM kernel has no tiles for ", gates.scalar_type(),
+                " in this build: it writes every step's da");
     // each thread's sums, in one buffer: grad_w_ih's, grad_w_hh's, grad_b's
     const int64_t size_ih = whole && grad_w_ih ? input * 4 * m : 0, size_hh = whole && grad_w_hh ? 4 * m * m : 0;
     const int64_t size = size_ih + size_hh + (whole && grad_b ? 4 * m : 0);
@@ -643,6 +650,9 @@ bool lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
       // x_t and h_{t-1} of the steps pending
       const int64_t block = std::max<int64_t>(1, kBlockRows / std::max<int64_t>(rows, 1));
       std::vector<const scalar_t*> da_rows, x_rows, h_rows;
+      // with da [B, 4M], the da_t of the block's steps and the step before: block + 1 steps' rows, taken in turn
+      std::vector<scalar_t> kept(first_only ? (block + 1) * rows * 4 * m : 0);
+      const scalar_t* da_after = nullptr;
       const auto add_block = [&] {
         const int64_t count = static_cast<int64_t>(da_rows.size());
         if (size_ih > 0) {
@@ -660,16 +670,18 @@ bool lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
         const int64_t before = reverse ? t + 1 : t - 1;
         const bool at_start = before < 0 || before >= steps;
         scalar_t* dh_t = dh_all + t * state + first;
-        const scalar_t* p = after >= 0 ? recurrent.add(das + 4 * (after * state + first), dh_t, rows, held) : nullptr;
+        const scalar_t* p = after >= 0 ? recurrent.add(da_after, dh_t, rows, held) : nullptr;
         const scalar_t* c_prev = (at_start ? c_first.const_data_ptr<scalar_t>() : cs + before * state) + first;
         const scalar_t* forget_after = after >= 0 ? gate_all + 4 * (after * state + first) + 2 * m : nullptr;
         const scalar_t* dc_after = after >= 0 ? dcs + after * state + first
                                    : dc_n     ? dc_n->const_data_ptr<scalar_t>() + first
                                               : nullptr;
-        scalar_t* da_t = das + 4 * (t * state + first);
+        scalar_t* da_t = first_only ? kept.data() + ((steps - 1 - s) % (block + 1)) * rows * 4 * m
+                                    : das + 4 * (t * state + first);
         backward_elements<scalar_t>(gate_all + 4 * (t * state + first), tanh_cs + t * state + first, c_prev, dh_t, p,
                                     forget_after, dc_after, dcs + t * state + first, da_t, rows, m);
         after = t;
+        da_after = da_t;
         if (!whole) continue;
         scalar_t* dx_t = grad_x->data_ptr<scalar_t>() + (t * batch + lo) * input;
         std::fill(dx_t, dx_t + rows * input, scalar_t(0));
@@ -688,6 +700,7 @@ bool lstm_backward(const at::Tensor& gates, const at::Tensor& c, const at::Tenso
         }
       }
       if (!da_rows.empty()) add_block();
+      if (first_only && da_after != nullptr) std::copy(da_after, da_after + rows * 4 * m, das + lo * 4 * m);
       if (size > 0) {
         const std::lock_guard<std::mutex> lock(done);
         partials.emplace_back(lo, std::move(partial));
@@ -767,6 +780,9 @@ at::Tensor gates_stats(const at::Tensor& values, at::ArrayRef<double> middle, at
   return out;
 }
 
+// whether this build's tiles take the dtype's products (and the LSTM's backward its gradients)
+bool tiles(at::ScalarType dtype) { return dtype == at::kFloat && has_tiles<float>(); }
+
 }  // namespace
 
 TORCH_LIBRARY(gradscope, lib) {
@@ -779,6 +795,7 @@ TORCH_LIBRARY(gradscope, lib) {
       "Tensor(a!) dh, Tensor(b!) dc, Tensor(c!) da, bool reverse, Tensor(d!)? stats=None, bool onednn=False, "
       "Tensor? x=None, Tensor? w_ih=None, Tensor? h=None, Tensor? h0=None, Tensor(e!)? grad_x=None, "
       "Tensor(f!)? grad_w_ih=None, Tensor(g!)? grad_w_hh=None, Tensor(h!)? grad_b=None) -> bool");
+  lib.def("tiles(ScalarType dtype) -> bool", tiles);
   lib.def("norm_stats(Tensor values) -> Tensor");
   lib.def("gates_stats(Tensor values, float[] middle, float[] reach) -> Tensor");
 }

@@ -506,9 +506,9 @@ def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_on_avx512(b
     x = torch.randn(batch, steps, inputs).transpose(0, 1)
     grad_out = torch.randn(steps, batch, width)
 
-    def backward(dtype):
+    def backward(dtype, first_only=False):
         dh, dc = grad_out.to(dtype, copy=True), torch.empty(steps, batch, width, dtype=dtype)
-        da = torch.empty(steps, batch, 4 * width, dtype=dtype)
+        da = torch.empty(*((batch,) if first_only else (steps, batch)), 4 * width, dtype=dtype)
         outputs = [
             torch.full(shape, float("nan"), dtype=dtype)
             for shape in (x.shape, (inputs, 4 * width), w_hh.shape, (4 * width,))
@@ -527,9 +527,21 @@ def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_on_avx512(b
         wrote_one, _, outputs_one = backward(torch.float32)
     finally:
         torch.set_num_threads(threads)
-    assert wrote == wrote_one == tiles
+    assert wrote == wrote_one == tiles == ops.tiles(torch.float32)
+    assert not ops.tiles(torch.float64)
     if not tiles:
         pytest.skip("the build has no AVX-512 tiles: these are left to torch's products")
+    # da [B, 4M]: the kernel keeps each step's da for its block of steps only, and hands back the first step's
+    assert backward(torch.float32, first_only=True)[0]
+    for n in (2, 1):
+        torch.set_num_threads(n)
+        try:
+            _, da_first, outputs_kept = backward(torch.float32, first_only=True)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(da_first, da[-1 if reverse else 0])
+        for got, kept in zip(outputs if n == 2 else outputs_one, outputs_kept, strict=True):
+            assert torch.equal(got, kept)
     before = torch.cat([h[1:], h0[None]]) if reverse else torch.cat([h0[None], h[:-1]])
     da = da.double()
     expected = [
@@ -545,6 +557,8 @@ def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_on_avx512(b
     if not onednn:  # where the kernel does not take them, it leaves them as they were and says so
         wrote, _, outputs = backward(torch.float64)
         assert wrote is False and all(v.isnan().all() for v in outputs)
+        with pytest.raises(RuntimeError, match="has no tiles for Double in this build: it writes every step's da"):
+            backward(torch.float64, first_only=True)
 
 
 def test_the_compiled_lstm_backward_refuses_gradients_it_cannot_write_by_name():
@@ -567,5 +581,9 @@ def test_the_compiled_lstm_backward_refuses_gradients_it_cannot_write_by_name():
         RuntimeError, match=r"takes w_ih \[16, 5\] and grad_x shaped as x, got \[16, 5\] and \[3, 2, 4\]"
     ):
         ops.lstm_backward(*saved, x, w_ih, h, h0, torch.empty(steps, batch, 4))
+    with pytest.raises(
+        RuntimeError, match=r"writes da \[3, 2, 16\], or \[2, 16\] with grad_x and its tiles, got \[2, 16\]"
+    ):
+        ops.lstm_backward(*saved[:8], torch.empty(batch, 16), *saved[9:])
     with pytest.raises(RuntimeError, match=r"takes x \[3, 2, D\] on the CPU in the gates' dtype, got \[2, 3, 5\]"):
         ops.lstm_backward(*saved, x.transpose(0, 1), w_ih, h, h0, grad_x)
