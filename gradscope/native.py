@@ -9,7 +9,7 @@ the backward adds up the parameters' gradients in the same loop. Summary recordi
 (:func:`~gradscope.trace.norm_stats`, :func:`~gradscope.trace.gates_stats`), five or more calls and passes over the
 values, become one pass.
 
-The ops are built once per machine into torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default
+The ops are built once per processor into torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``), about 20 s with a C++ compiler and ninja; where they cannot be built, a warning says
 why and the same computations run on torch's operations, with the same results. ``GRADSCOPE_NATIVE=0`` skips the
 build.
@@ -18,6 +18,7 @@ build.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import sys
@@ -30,6 +31,7 @@ import torch
 __all__ = ["onednn", "ops"]
 
 _SOURCE = Path(__file__).with_name("native.cpp")
+_CPUINFO = Path("/proc/cpuinfo")
 # no floating-point traps or errno: lets the compiler vectorise the branch-free sigmoid and tanh
 _FLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
 
@@ -52,11 +54,26 @@ def onednn(x: torch.Tensor) -> bool:
     )
 
 
+def _build_name() -> str:
+    """The build's name in torch's extension cache, one per processor: torch keys a cached build by its sources and
+    flags, and ``-march=native`` reads the same on every machine. A cache shared between machines (a home directory
+    on a cluster's nodes) would otherwise load one machine's build, its vector instructions with it, on another
+    that lacks them: a crash with an illegal instruction, not an error."""
+    try:  # Linux: the processor's model and instruction sets ("flags" on x86, "Features" on ARM)
+        lines = _CPUINFO.read_text().splitlines()
+    except OSError:
+        lines = []
+    keys = ("model name", "flags", "features", "cpu part", "cpu implementer")
+    identity = sorted({line for line in lines if line.lower().startswith(keys)})
+    identity.append(f"{platform.machine()} {platform.processor()}")
+    return "gradscope_native_" + hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
+
+
 @functools.cache
 def _build() -> Any | None:
     if os.environ.get("GRADSCOPE_NATIVE", "1") == "0":
         return None
-    # the machine's own vector instructions (the build is cached per machine); -march=native is x86's spelling
+    # the machine's own vector instructions (a build per processor, see _build_name); -march=native is x86's spelling
     flags = [*_FLAGS, "-march=native"] if platform.machine().lower() in ("x86_64", "amd64") else _FLAGS
     # OpenMP, as torch's own build on Linux (torch's libgomp is the one loaded), for at::parallel_for's threads
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
@@ -64,7 +81,7 @@ def _build() -> Any | None:
         from torch.utils import cpp_extension
 
         cpp_extension.load(
-            name="gradscope_native",
+            name=_build_name(),
             sources=[str(_SOURCE)],
             extra_cflags=[*flags, *openmp],
             extra_ldflags=openmp,

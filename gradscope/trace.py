@@ -79,7 +79,8 @@ def _quantiles(values: Tensor) -> Tensor:
     if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
         ordered = np.sort(values.detach().numpy(), axis=-1)
         low, high = ordered[..., below], ordered[..., above]
-        return torch.from_numpy(low + (high - low) * np.asarray(weights, dtype=ordered.dtype))
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, as torch.quantile's (and the compiled ops') lerp
+            return torch.from_numpy(low + (high - low) * np.asarray(weights, dtype=ordered.dtype))
     ordered = values.sort(dim=-1).values
     return ordered[..., below].lerp_(ordered[..., above], values.new_tensor(weights))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import pytest
@@ -345,6 +346,28 @@ def test_gradscope_native_0_skips_the_build(fresh_build, monkeypatch, recwarn):
     monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("built although GRADSCOPE_NATIVE=0"))
     assert native.ops(torch.zeros(1)) is None
     assert not recwarn.list
+
+
+def test_each_processor_gets_its_own_build(fresh_build, monkeypatch, tmp_path):
+    """Built with -march=native, a build must never be found in a cache shared with a processor of other
+    instructions; the same processor (whatever its clock) finds its own again."""
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(native, "_CPUINFO", cpuinfo)
+
+    def name(flags: str, mhz: str = "3000.0") -> str:
+        core = f"model name\t: EPYC\nflags\t\t: fpu sse2 avx2 {flags}\ncpu MHz\t\t: {mhz}\n"
+        cpuinfo.write_text(f"processor\t: 0\n{core}\nprocessor\t: 1\n{core}")
+        return native._build_name()
+
+    assert name("avx512f") == name("avx512f", mhz="1499.9")
+    assert name("avx512f") != name("")
+    assert re.fullmatch(r"gradscope_native_[0-9a-f]{16}", name(""))
+    cpuinfo.unlink()  # no /proc (macOS, Windows): the platform's processor names it
+    assert native._build_name().startswith("gradscope_native_")
+    loaded = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: loaded.append(kw["name"]))
+    native.ops(torch.zeros(1))
+    assert loaded == [native._build_name()]
 
 
 def test_a_failed_build_warns_once_and_the_lstm_runs_on_torch_s_operations(fresh_build, monkeypatch):
