@@ -62,8 +62,8 @@ _LSTM_ROWS = (3, 0, 1, 2)
 _LSTM_SATURATION = saturation_bounds([ACTIVATION_RANGES["sigmoid"]] * 3 + [ACTIVATION_RANGES["tanh"]])
 # the rows of the compiled LSTM's forward statistics: its gates in its order, then h and c
 _LSTM_STATS = (*(name for _, name in sorted(zip(GATE_ORDER["lstm"], GATE_NAMES["lstm"], strict=True))), "h", "c")
-# the smallest M at which the compiled LSTM's step products go through oneDNN (float32) rather than its own AVX-512
-# tiles or BLAS. On 2 cores (AVX-512), B 32-64, T 100, each thread's rows, the tiles' time over oneDNN's forward /
+# the smallest M at which the compiled LSTM's step products go through oneDNN (float32) rather than its own tiles or
+# BLAS. On 2 cores (AVX-512's tiles), B 32-64, T 100, each thread's rows, the tiles' time over oneDNN's forward /
 # backward: at M = 256 0.98-1.06x / 0.82-0.92x, at M = 384 0.97-0.99x / 0.97-0.99x, at M = 512 1.16-1.18x /
 # 0.93-0.98x.
 _ONEDNN_WIDTH = 512

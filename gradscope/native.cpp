@@ -14,7 +14,7 @@
 // A batch's sequences are independent: the LSTM's loops split the batch's rows among torch's threads once per call
 // (at::parallel_for; built with OpenMP where native.py can), each thread running every step of its rows, with no
 // wait between steps (split per step instead, the forward measured 10 % slower than one thread). oneDNN, where it
-// takes the products, then runs on each thread alone. With the AVX-512 tiles, the backward also computes dL/dx_t and
+// takes the products, then runs on each thread alone. With its own tiles, the backward also computes dL/dx_t and
 // adds up the parameters' gradients in its loop, from a few steps' values while they are in the cache, where
 // products after the loop would read them all again (oneDNN's, on copies of them: at 2 layers, B 64, T 1000, M 512
 // the copies took 1.5 s of a 5.4 s training step).
@@ -25,7 +25,9 @@
 #include <ATen/ops/addmm_cpu_dispatch.h>
 #include <torch/library.h>
 
-#if defined(__AVX512F__)
+// the kernel's own tiles for float32's products: AVX-512's 16 floats a vector, or AVX2's 8 (with FMA)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define GRADSCOPE_TILES
 #include <immintrin.h>
 #endif
 
@@ -349,74 +351,125 @@ struct Segments {
   int64_t count, xr, xq, k, n;
 };
 
+#if defined(GRADSCOPE_TILES)
 #if defined(__AVX512F__)
-// out [R, 16 V] += the segments' product for R rows of x from row offset xo and 16 V columns of w from offset wo, over
-// depth terms of each segment from q0 (the last 16 columns only those in mask): the R x V accumulators stay in
-// registers (R = 4, V = 4: 16 of 32) over every segment, each of w's rows loaded once for the R rows of x
-template <int R, int V>
+// The tiles' vectors: AVX-512's 16 floats, 32 registers (a tile's 4 x 4 accumulators take 16 of them)
+struct Lanes {
+  using Vec = __m512;
+  using Mask = __mmask16;
+  static constexpr int kWidth = 16, kV = 4;
+  static Mask first(int64_t count) { return count >= 16 ? 0xFFFF : static_cast<Mask>((1u << count) - 1); }
+  static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static Vec load(const float* p, Mask mask) { return _mm512_maskz_loadu_ps(mask, p); }
+  static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static void store(float* p, Vec v, Mask mask) { _mm512_mask_storeu_ps(p, mask, v); }
+  static Vec broadcast(float x) { return _mm512_set1_ps(x); }
+  static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+};
+#else
+// AVX2's 8 floats, 16 registers: 4 x 3 accumulators, with w's 3 vectors and x's broadcast, take all of them (4 x 3
+// measured 1.1-1.2x faster than 4 x 2)
+struct Lanes {
+  using Vec = __m256;
+  using Mask = __m256i;
+  static constexpr int kWidth = 8, kV = 3;
+  static Mask first(int64_t count) {
+    const int n = static_cast<int>(std::min<int64_t>(count, kWidth));
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static Vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static Vec load(const float* p, Mask mask) { return _mm256_maskload_ps(p, mask); }
+  static void store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+  static void store(float* p, Vec v, Mask mask) { _mm256_maskstore_ps(p, mask, v); }
+  static Vec broadcast(float x) { return _mm256_set1_ps(x); }
+  static Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+};
+#endif
+
+// out [R, V vectors] += the segments' product for R rows of x from row offset xo and V vectors of w's columns from
+// offset wo, over depth terms of each segment from q0 (Masked: the last vector's columns only those in mask): the
+// R x V accumulators stay in registers over every segment, each of w's rows loaded once for the R rows of x
+template <int R, int V, bool Masked>
 inline void tile(const Segments<float>& in, int64_t xo, int64_t wo, int64_t q0, int64_t depth, float* __restrict out,
-                 __mmask16 mask) {
+                 Lanes::Mask mask) {
+  using Vec = Lanes::Vec;
+  constexpr int W = Lanes::kWidth;
   const int64_t n = in.n, xr = in.xr, xq = in.xq;
-  __m512 acc[R][V];
+  const auto load = [mask](const float* p, int v) {
+    return Masked && v == V - 1 ? Lanes::load(p, mask) : Lanes::load(p);
+  };
+  Vec acc[R][V];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_maskz_loadu_ps(v < V - 1 ? 0xFFFF : mask, out + r * n + 16 * v);
+    for (int v = 0; v < V; ++v) acc[r][v] = load(out + r * n + W * v, v);
   for (int64_t s = 0; s < in.count; ++s) {
     const float* __restrict x = in.x[s] + xo + q0 * xq;
     const float* __restrict w = in.w[s] + wo + q0 * n;
     for (int64_t q = 0; q < depth; ++q) {
-      __m512 wq[V];
+      Vec wq[V];
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) {
-        wq[v] = _mm512_maskz_loadu_ps(v < V - 1 ? 0xFFFF : mask, w + q * n + 16 * v);
+        wq[v] = load(w + q * n + W * v, v);
         // held in a register: otherwise GCC loads it again into each of the R multiply-adds, which wait on loads
         __asm__("" : "+v"(wq[v]));
       }
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
-        const __m512 xr_q = _mm512_set1_ps(x[r * xr + q * xq]);
+        const Vec xr_q = Lanes::broadcast(x[r * xr + q * xq]);
 #pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(xr_q, wq[v], acc[r][v]);
+        for (int v = 0; v < V; ++v) acc[r][v] = Lanes::fma(xr_q, wq[v], acc[r][v]);
       }
     }
   }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(out + r * n + 16 * v, v < V - 1 ? 0xFFFF : mask, acc[r][v]);
+    for (int v = 0; v < V; ++v) {
+      if (Masked && v == V - 1) {
+        Lanes::store(out + r * n + W * v, acc[r][v], mask);
+      } else {
+        Lanes::store(out + r * n + W * v, acc[r][v]);
+      }
+    }
 }
 
-constexpr int64_t kDepth = 128;  // w's rows at a time: 128 rows of 64 columns (32 KiB) stay in L1 for all of x's rows
+// w's block taken at once: kDepth rows of kColumns columns, as many whole tiles as fit in 64 (64 with AVX-512, 48
+// with AVX2: 48 measured 1.3-1.5x faster than 64), at most 32 KiB, which stay in L1 for all of x's rows
+constexpr int64_t kDepth = 128;
+constexpr int64_t kColumns = Lanes::kWidth * Lanes::kV * (64 / (Lanes::kWidth * Lanes::kV));
 
-// out [rows, N] += the segments' product. A block of w (kDepth rows of each segment, 64 columns) is taken for every
-// row of x before the next.
+// out [rows, N] += the segments' product. A block of w (kDepth rows of each segment, kColumns columns) is taken for
+// every row of x before the next: in tiles of V vectors of columns, then of one vector (the last, masked, may be
+// partial).
 void add_product(const Segments<float>& in, int64_t rows, float* out) {
+  constexpr int64_t W = Lanes::kWidth, V = Lanes::kV;
   const int64_t n = in.n, xr = in.xr;
-  for (int64_t col = 0; col < n; col += 64) {
+  for (int64_t col = 0; col < n; col += kColumns) {
+    const int64_t end = std::min<int64_t>(n, col + kColumns);
     for (int64_t q = 0; q < in.k; q += kDepth) {
       const int64_t depth = std::min(kDepth, in.k - q);
-      int64_t r = 0;
-      if (col + 64 <= n) {
-        for (; r + 4 <= rows; r += 4) tile<4, 4>(in, r * xr, col, q, depth, out + r * n + col, 0xFFFF);
-        for (; r < rows; ++r) tile<1, 4>(in, r * xr, col, q, depth, out + r * n + col, 0xFFFF);
-      } else {
-        for (int64_t c = col; c < n; c += 16) {
-          const int64_t left = n - c;
-          const __mmask16 mask = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
-          for (r = 0; r + 4 <= rows; r += 4) tile<4, 1>(in, r * xr, c, q, depth, out + r * n + c, mask);
-          for (; r < rows; ++r) tile<1, 1>(in, r * xr, c, q, depth, out + r * n + c, mask);
-        }
+      int64_t c = col;
+      for (; c + W * V <= end; c += W * V) {
+        int64_t r = 0;
+        for (; r + 4 <= rows; r += 4) tile<4, V, false>(in, r * xr, c, q, depth, out + r * n + c, Lanes::Mask{});
+        for (; r < rows; ++r) tile<1, V, false>(in, r * xr, c, q, depth, out + r * n + c, Lanes::Mask{});
+      }
+      for (; c < end; c += W) {
+        const Lanes::Mask mask = Lanes::first(end - c);
+        int64_t r = 0;
+        for (; r + 4 <= rows; r += 4) tile<4, 1, true>(in, r * xr, c, q, depth, out + r * n + c, mask);
+        for (; r < rows; ++r) tile<1, 1, true>(in, r * xr, c, q, depth, out + r * n + c, mask);
       }
     }
   }
 }
 #endif
 
-// whether the AVX-512 tiles above take T's products in this build
+// whether the tiles above take T's products in this build
 template <typename T>
 constexpr bool has_tiles() {
-#if defined(__AVX512F__)
+#if defined(GRADSCOPE_TILES)
   return std::is_same_v<T, float>;
 #else
   return false;
@@ -426,13 +479,13 @@ constexpr bool has_tiles() {
 // out [rows, N] += the segments' product through the tiles, where has_tiles<T>()
 template <typename T>
 void tiles_product(const Segments<T>& in, int64_t rows, T* out) {
-#if defined(__AVX512F__)
+#if defined(GRADSCOPE_TILES)
   if constexpr (std::is_same_v<T, float>) {
     add_product(in, rows, out);
     return;
   }
 #endif
-  TORCH_CHECK(false, "gradscope's LSTM kernel has no AVX-512 tiles for this dtype in this build");
+  TORCH_CHECK(false, "gradscope's LSTM kernel has no tiles (AVX-512, or AVX2 with FMA) for this dtype in this build");
 }
 
 // out [rows, N] += x [rows, K] w [K, N] (one segment) through the tiles
@@ -445,7 +498,7 @@ void tiles_product(const T* x, int64_t xr, int64_t xq, int64_t rows, int64_t k, 
 // - oneDNN (torch's mkldnn::_linear_pointwise, w reordered once into oneDNN's layout), float32: x w^T is handed
 //   back, its own tensor. On this project's AVX-512 CPU, 2-2.6x torch's BLAS at
 //   M = 256-512, but about 10 us a call: at M = 64 slower than BLAS.
-// - The AVX-512 tiles above (where the build has them), float32: added in place to out.
+// - The tiles above (AVX-512's or AVX2's, where the build has them), float32: added in place to out.
 //   torch's BLAS (MKL) ran this CPU's products at about 190 GFLOP/s against oneDNN's 500 (B 64, M 512).
 // - torch's CPU kernel (BLAS, at::cpu::addmm_, not through the dispatcher): added in place to out.
 // Rows may be taken on separate threads. Which way: kernels.py's _ONEDNN_WIDTH.
@@ -568,7 +621,7 @@ void lstm_forward(at::Tensor gates, const at::Tensor& w_hh, const at::Tensor& h0
 // dh [T, B, M]: the gradient arriving at each step's output (and h_n) on entry, the total dL/dh_t on return;
 // dc [T, B, M] and da [T, B, 4M] or [T, B, 4, M] (the pre-activations' gradient, rows o, i, f, g) are written;
 // with stats [2, T, 5], the statistics of the norms of the total dh and of dc, once every step is computed.
-// Where the tiles take the dtype (float32 on an AVX-512 build, see tiles(); whichever way the step products go), and
+// Where the tiles take the dtype (float32 in a build with them, see tiles(); whichever way the step products go), and
 // given x [T, B, D] (any strides), w_ih [4M, D], h [T, B, M] and h0 [B, M], the loop also writes grad_x [T, B, D],
 // dL/dx_t = da_t w_ih, and the parameters' gradients given: grad_w_ih [D, 4M] (transposed: sum_t x_t^T da_t),
 // grad_w_hh [4M, M] (sum_t da_t^T h_{t-1}) and grad_b [4M] (da_t summed over steps and rows), each thread adding up

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -348,26 +351,32 @@ def test_gradscope_native_0_skips_the_build(fresh_build, monkeypatch, recwarn):
     assert not recwarn.list
 
 
-def test_each_processor_gets_its_own_build(fresh_build, monkeypatch, tmp_path):
+def test_each_processor_and_flags_get_their_own_build(fresh_build, monkeypatch, tmp_path):
     """Built with -march=native, a build must never be found in a cache shared with a processor of other
-    instructions; the same processor (whatever its clock) finds its own again."""
+    instructions; the same processor (whatever its clock) finds its own again. GRADSCOPE_NATIVE_CFLAGS's flags are
+    the compiler's last, and name a build of their own."""
     cpuinfo = tmp_path / "cpuinfo"
     monkeypatch.setattr(native, "_CPUINFO", cpuinfo)
 
     def name(flags: str, mhz: str = "3000.0") -> str:
         core = f"model name\t: EPYC\nflags\t\t: fpu sse2 avx2 {flags}\ncpu MHz\t\t: {mhz}\n"
         cpuinfo.write_text(f"processor\t: 0\n{core}\nprocessor\t: 1\n{core}")
-        return native._build_name()
+        return native._build_name(native._flags())
 
     assert name("avx512f") == name("avx512f", mhz="1499.9")
     assert name("avx512f") != name("")
-    assert re.fullmatch(r"gradscope_native_[0-9a-f]{16}", name(""))
+    plain = name("")
+    assert re.fullmatch(r"gradscope_native_[0-9a-f]{16}", plain)
+    monkeypatch.setenv("GRADSCOPE_NATIVE_CFLAGS", " -mno-avx512f  -O2 ")
+    flags = native._flags()
+    assert flags[-2:] == ["-mno-avx512f", "-O2"] and name("") != plain
     cpuinfo.unlink()  # no /proc (macOS, Windows): the platform's processor names it
-    assert native._build_name().startswith("gradscope_native_")
+    assert native._build_name(flags).startswith("gradscope_native_")
     loaded = []
-    monkeypatch.setattr(cpp_extension, "load", lambda **kw: loaded.append(kw["name"]))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: loaded.append((kw["name"], kw["extra_cflags"])))
     native.ops(torch.zeros(1))
-    assert loaded == [native._build_name()]
+    assert len(loaded) == 1 and loaded[0][0] == native._build_name(flags)
+    assert loaded[0][1][: len(flags)] == flags  # then OpenMP's, where torch has it
 
 
 def test_a_failed_build_warns_once_and_the_lstm_runs_on_torch_s_operations(fresh_build, monkeypatch):
@@ -472,7 +481,7 @@ def test_projections_are_the_product_whichever_library_takes_them(shape, width, 
 def test_the_compiled_lstm_splits_its_batch_among_threads_with_torch_nn_s_results(
     batch, width, dtype, reverse, onednn, monkeypatch
 ):
-    """Widths whose products take the AVX-512 tiles (where the build has them: 4M and M multiples of 16, or 4M only;
+    """Widths whose products take the tiles (where the build has them: 4M and M multiples of 16, or 4M only;
     M = 48 and 144: products deeper than a block of 128 of w's rows, columns in 64s and 16s) or, forced, oneDNN
     (float32), and batches split among two threads or not: torch.nn's outputs and gradients, and the same on one
     thread."""
@@ -509,11 +518,13 @@ def test_the_compiled_lstm_splits_its_batch_among_threads_with_torch_nn_s_result
 @pytest.mark.parametrize(
     ("batch", "width", "inputs"), [(9, 16, 1), (5, 48, 8), (6, 64, 20), (3, 5, 3), (7, 144, 64), (48, 16, 3)]
 )
-def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_on_avx512(batch, width, inputs, reverse, onednn):
-    """float32 on an AVX-512 build, whichever way the step products go: the kernel writes dL/dx_t = da_t W_ih, and
+def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_with_its_tiles(
+    batch, width, inputs, reverse, onednn
+):
+    """float32 with the tiles (AVX-512's, or AVX2's), whichever way the step products go: the kernel writes dL/dx_t = da_t W_ih, and
     sum_t x_t^T da_t, sum_t da_t^T h_{t-1} (h0 before the first step run) and da summed over steps and rows, each
     thread adding up its rows, a block of steps at a time (B 48: blocks of 2 and 5 steps, and what is left); x may be
-    strided (here batch first, transposed). In float64 (or without AVX-512) it writes none of them and says so."""
+    strided (here batch first, transposed). In float64 (or without the tiles) it writes none of them and says so."""
     ops = native.ops(torch.zeros(1))
     if ops is None:
         pytest.skip("the compiled loops do not build on this machine")
@@ -541,7 +552,7 @@ def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_on_avx512(b
         wrote = ops.lstm_backward(*saved, None, dh, dc, da, reverse, None, onednn, *given, *outputs)
         return wrote, da, outputs
 
-    tiles = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    tiles = _has_tiles()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -553,7 +564,7 @@ def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_on_avx512(b
     assert wrote == wrote_one == tiles == ops.tiles(torch.float32)
     assert not ops.tiles(torch.float64)
     if not tiles:
-        pytest.skip("the build has no AVX-512 tiles: these are left to torch's products")
+        pytest.skip("the build has no tiles: these are left to torch's products")
     # da [B, 4M]: the kernel keeps each step's da for its block of steps only, and hands back the first step's
     assert backward(torch.float32, first_only=True)[0]
     for n in (2, 1):
@@ -582,6 +593,33 @@ def test_the_compiled_lstm_backward_adds_up_the_parameters_gradients_on_avx512(b
         assert wrote is False and all(v.isnan().all() for v in outputs)
         with pytest.raises(RuntimeError, match="has no tiles for Double in this build: it writes every step's da"):
             backward(torch.float64, first_only=True)
+
+
+def _has_tiles() -> bool:
+    """Whether the build should have the tiles: on x86 with AVX2 or AVX-512 (and FMA, as torch's AVX2 kernels)."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def test_a_build_without_avx512_takes_avx2_s_tiles_with_the_same_results(tmp_path):
+    """On an AVX-512 CPU, the compiled LSTM's tests run again in a build with AVX2's tiles
+    (GRADSCOPE_NATIVE_CFLAGS=-mno-avx512f), in a process of its own (one build per process): the tiles taken
+    (tiles(float32), and the gradients written in the loop), with torch.nn's results."""
+    ops = native.ops(torch.zeros(1))
+    if ops is None or torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("a build without AVX-512 tells something new only where the CPU has it")
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import torch\nfrom gradscope import native\n"
+        "assert native.ops(torch.zeros(1)).tiles(torch.float32), 'no tiles in the AVX2 build'\n"
+    )
+    env = {**os.environ, "GRADSCOPE_NATIVE_CFLAGS": "-mno-avx512f"}
+    run = subprocess.run([sys.executable, str(check)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    args = [sys.executable, "-m", "pytest", "-q", "-x", "-rs", "-p", "no:cacheprovider", __file__, "-k", "not avx2"]
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1200, cwd=Path(__file__).parent)
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    passed = re.search(r"\b(\d+) passed", run.stdout.strip().splitlines()[-1])
+    assert passed and int(passed[1]) > 200 and "no tiles" not in run.stdout, run.stdout[-2000:]
 
 
 def test_the_compiled_lstm_backward_refuses_gradients_it_cannot_write_by_name():
