@@ -174,7 +174,8 @@ void backward_elements(const T* gates, const T* tanh_c, const T* c_prev, T* dh, 
   }
 }
 
-// Summary statistics. Quantiles as torch.quantile's (and numpy's) "linear" method, NaN ranked last as both sort it.
+// Summary statistics. Quantiles as torch.quantile's (and numpy's) "linear" method, NaN ranked last as both sort it,
+// except that between two equal values the quantile is that value (see trace.py's _quantiles).
 constexpr double kQuantiles[3] = {0.1, 0.5, 0.9};
 constexpr int kLanes = 8;  // rows sorted at once, one to a lane of the vector instructions
 
@@ -233,7 +234,8 @@ class RowQuantiles {
         // a rank past the row's numbers holds a NaN's stand-in: NaN (where below is, above is too)
         const T low = block_[below * kLanes + r];
         const T high = above < numbers_[r] ? block_[above * kLanes + r] : kNaN;
-        out_[r][q] = low + (high - low) * static_cast<T>(position - static_cast<double>(below));
+        // between two equal values, that value: +inf there gives +inf, not inf - inf (trace.py's _quantiles)
+        out_[r][q] = low == high ? low : low + (high - low) * static_cast<T>(position - static_cast<double>(below));
       }
     }
     rows_ = 0;

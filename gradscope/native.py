@@ -66,7 +66,9 @@ def _build_name(flags: list[str]) -> str:
     """The build's name in torch's extension cache, one per processor and flags: torch keys a cached build by its
     sources and flags, and ``-march=native`` reads the same on every machine. A cache shared between machines (a
     home directory on a cluster's nodes) would otherwise load one machine's build, its vector instructions with it,
-    on another that lacks them: a crash with an illegal instruction, not an error."""
+    on another that lacks them: a crash with an illegal instruction, not an error. Without ``/proc/cpuinfo`` (macOS,
+    Windows) only the platform's machine and processor name it, which do not tell one x86 CPU's instruction sets
+    from another's."""
     try:  # Linux: the processor's model and instruction sets ("flags" on x86, "Features" on ARM)
         lines = _CPUINFO.read_text().splitlines()
     except OSError:

@@ -17,7 +17,7 @@ tensor, ``detail="full"``) or a :class:`LayerSummary` (per-step reductions over 
 ``mean, q10, q50, q90``
     norms: the batch mean and the 10 %, 50 %, 90 % quantiles over the batch. Gates: the mean over
     batch and units, and the quantiles across units of each unit's batch-mean value. Quantiles use
-    linear interpolation, as ``torch.quantile``.
+    linear interpolation, as ``torch.quantile``, except that +inf among the ranks gives +inf, not NaN.
 ``saturated``
     gates only: the fraction of values in the outer tenth of the gate's range at either end (below
     0.1 or above 0.9 for a sigmoid gate, the criterion of Karpathy et al. 2015); NaN for norms and
@@ -70,7 +70,10 @@ def _positions(count: int) -> tuple[list[int], list[int], list[float]]:
 
 
 def _quantiles(values: Tensor) -> Tensor:
-    """Quantiles :data:`_QUANTILES` along the last dim of ``[..., K]``, as torch.quantile's "linear" method.
+    """Quantiles :data:`_QUANTILES` along the last dim of ``[..., K]``: torch.quantile's "linear" method, ``low + (high
+    - low) w`` between the values ranked below and above, except that between two equal values it is that value. So
+    +inf among the ranks (an exploding gradient's norm) gives +inf where torch.quantile gives NaN (inf - inf); NaN
+    ranks last and gives NaN, as there. The compiled ops (:mod:`gradscope.native`) compute the same.
 
     On the CPU in float32 and float64 all in numpy: its sort is about 15 times faster than torch's on rows
     of tens of values, and on such small arrays its few operations cost less than torch's dispatch.
@@ -79,10 +82,12 @@ def _quantiles(values: Tensor) -> Tensor:
     if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
         ordered = np.sort(values.detach().numpy(), axis=-1)
         low, high = ordered[..., below], ordered[..., above]
-        with np.errstate(invalid="ignore"):  # inf - inf: NaN, as torch.quantile's (and the compiled ops') lerp
-            return torch.from_numpy(low + (high - low) * np.asarray(weights, dtype=ordered.dtype))
+        with np.errstate(invalid="ignore"):  # inf - inf, replaced by where
+            between = low + (high - low) * np.asarray(weights, dtype=ordered.dtype)
+        return torch.from_numpy(np.where(low == high, low, between))
     ordered = values.sort(dim=-1).values
-    return ordered[..., below].lerp_(ordered[..., above], values.new_tensor(weights))
+    low, high = ordered[..., below], ordered[..., above]
+    return torch.where(low == high, low, low + (high - low) * values.new_tensor(weights))
 
 
 def norm_stats(values: Tensor) -> Tensor:

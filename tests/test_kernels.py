@@ -370,7 +370,7 @@ def test_each_processor_and_flags_get_their_own_build(fresh_build, monkeypatch, 
     monkeypatch.setenv("GRADSCOPE_NATIVE_CFLAGS", " -mno-avx512f  -O2 ")
     flags = native._flags()
     assert flags[-2:] == ["-mno-avx512f", "-O2"] and name("") != plain
-    cpuinfo.unlink()  # no /proc (macOS, Windows): the platform's processor names it
+    cpuinfo.unlink()  # no /proc (macOS, Windows): the platform's machine and processor name it
     assert native._build_name(flags).startswith("gradscope_native_")
     loaded = []
     monkeypatch.setattr(cpp_extension, "load", lambda **kw: loaded.append((kw["name"], kw["extra_cflags"])))
@@ -481,8 +481,9 @@ def test_projections_are_the_product_whichever_library_takes_them(shape, width, 
 def test_the_compiled_lstm_splits_its_batch_among_threads_with_torch_nn_s_results(
     batch, width, dtype, reverse, onednn, monkeypatch
 ):
-    """Widths whose products take the tiles (where the build has them: 4M and M multiples of 16, or 4M only;
-    M = 48 and 144: products deeper than a block of 128 of w's rows, columns in 64s and 16s) or, forced, oneDNN
+    """Widths whose products take the tiles (where the build has them; AVX-512's: 4M and M multiples of 16, or 4M
+    only; M = 48 and 144: products deeper than a block of 128 of w's rows, columns in 64s and 16s; AVX2's, in 48s,
+    24s and 8s, in the build without AVX-512 that a test below runs) or, forced, oneDNN
     (float32), and batches split among two threads or not: torch.nn's outputs and gradients, and the same on one
     thread."""
     if native.ops(torch.zeros(1)) is None:

@@ -412,6 +412,28 @@ def test_compiled_summary_statistics_equal_torch_s(dtype, batch, monkeypatch):
         assert compiled[:2, :, 4].isfinite().all() and compiled[2, :, 4].isnan().all()
 
 
+@pytest.mark.parametrize("path", ["compiled", "numpy", "torch"])
+def test_an_exploding_gradient_s_norm_quantiles_are_inf_not_nan(path, monkeypatch):
+    """A quantile between two ranks holding +inf is +inf (torch.quantile's lerp gives NaN, inf - inf), and between
+    a finite value and +inf too; finite ones as torch.quantile's. In the compiled statistics, numpy's (float32 on
+    the CPU) and torch's (bfloat16)."""
+    dtype = torch.bfloat16 if path == "torch" else torch.float32
+    if path == "compiled" and native.ops(torch.zeros(1)) is None:
+        pytest.skip("the compiled loops do not build on this machine")
+    if path == "numpy":
+        monkeypatch.setattr(trace_module, "native_ops", lambda values: None)
+    inf = float("inf")
+    # 11 rows: the quantiles lie on ranks 1, 5 and 9 exactly; 12: between ranks 1-2, 5-6 and 9-10
+    exact = torch.tensor([[*range(9), inf, inf], [inf] * 11], dtype=dtype)
+    between = torch.tensor([[*range(10), inf, inf]], dtype=dtype)
+    got = [trace_module.stats_of_norms(norms)[:, 1:4].double() for norms in (exact, between)]
+    expected = [torch.tensor([[1, 5, inf], [inf, inf, inf]]), torch.tensor([[1.1, 5.5, inf]])]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e.double(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+    finite = torch.quantile(between[0].double(), torch.tensor([0.1, 0.5]).double())  # q90: NaN in torch's
+    torch.testing.assert_close(got[1][0, :2], finite, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+
+
 @pytest.mark.parametrize("detail", ["full", "summary"])
 def test_unbounded_gate_activations_have_no_saturation(detail):
     layer = gradscope.LSTM(2, 3, cell_activation="relu")
