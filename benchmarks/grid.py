@@ -328,6 +328,15 @@ def _summary_header() -> list[str]:
     ]
 
 
+# the environment variables that narrow the instructions of torch's kernels (oneDNN's, ATen's, MKL's) and gradscope's
+_INSTRUCTION_VARIABLES = (
+    "ONEDNN_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "GRADSCOPE_NATIVE_CFLAGS",
+)
+
+
 def _cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
@@ -442,12 +451,15 @@ def main() -> None:
         f"{os.cpu_count()} CPUs"
     )
     device_name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    # a CPU without AVX-512 stood in for by one with it
+    narrowed = [f"`{name}={os.environ[name]}`" for name in _INSTRUCTION_VARIABLES if os.environ.get(name)]
     run = [
         f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
         f"- date: {datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- commit: {_commit()}",
         f"- machine: {machine}, torch {torch.__version__}, torch threads: {torch.get_num_threads()}, "
         f"device {device}{device_name}",
+        *([f"- instructions narrowed: {' '.join(narrowed)}"] if narrowed else []),
     ]
     out = None if args.out == "-" else Path(args.out)
     previous = _sections(out.read_text()) if out is not None and out.exists() else {}

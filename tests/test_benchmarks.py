@@ -47,6 +47,19 @@ def test_a_run_replaces_only_the_sections_of_its_cells(tmp_path):
     assert third["gru"] == second["gru"] and third["lstm"] == first["lstm"]
 
 
+def test_a_run_names_the_instructions_it_was_narrowed_to(tmp_path, monkeypatch):
+    """A CPU without AVX-512 stood in for (torch's kernels and gradscope's build told to leave it out): the run's
+    head says so; otherwise it says nothing of it."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "GRADSCOPE_NATIVE_CFLAGS"):
+        monkeypatch.delenv(name, raising=False)
+    _run(tmp_path / "plain.md", "rnn")
+    assert "instructions narrowed" not in (tmp_path / "plain.md").read_text()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("GRADSCOPE_NATIVE_CFLAGS", "")  # set, empty: nothing narrowed
+    _run(tmp_path / "narrowed.md", "rnn")
+    assert "\n- instructions narrowed: `ONEDNN_MAX_CPU_ISA=AVX2`\n" in (tmp_path / "narrowed.md").read_text()
+
+
 def test_alone_times_each_variant_in_its_own_process_under_each_allocator(tmp_path):
     """benchmarks/alone.py: one row per point and allocator, its time and ratios numbers; bad arguments refused by
     name."""
